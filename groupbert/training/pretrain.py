@@ -1,0 +1,309 @@
+"""MLM + NSP pretraining on CPU / CUDA: data, model, optimizer, loop, evaluation, checkpoints.
+
+One optimizer step = ``gradient_accumulation`` micro-batches of ``micro_batch_size`` sequences, losses
+averaged over the micro-batches, global gradient-norm clipping, then AdamW and the schedule. A run
+directory holds ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/step-N/``; ``--resume`` continues
+from the latest checkpoint with the same data order and RNG state, so its losses equal the
+uninterrupted run's.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import platform
+import random
+import subprocess
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from groupbert.config import ConfigError, ModelConfig, RunConfig, save_config
+from groupbert.data import (DataError, build_pretraining_dataset, bundled_vocab_file, load_corpus,
+                            load_wordpiece, split_documents, vocab_fingerprint)
+from groupbert.data.loader import EpochBatches, sequential_batches
+from groupbert.metrics import masked_lm_correct, next_sentence_correct
+from groupbert.models import build_model
+from groupbert.training import checkpoint as ckpt_io
+from groupbert.training.checkpoint import CheckpointError
+from groupbert.training.run_log import RunLog
+from optimizers import build_schedule, param_groups
+
+logger = logging.getLogger(__name__)
+
+_BATCH_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_labels",
+               "next_sentence_label")
+# Model-config fields that may differ between a checkpoint and the model it initialises.
+_NON_ARCH_FIELDS = {"hidden_dropout", "attention_dropout", "init_checkpoint", "max_positions"}
+
+
+def select_device(backend: str) -> torch.device:
+    if backend in ("ipu", "ipu-model"):
+        raise ConfigError("the IPU backends are not available in this version of the application; "
+                          "use cpu, cuda or auto", key="runtime.backend")
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was requested but torch sees no GPU", key="runtime.backend")
+    if backend == "auto":
+        backend = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(backend)
+
+
+# --------------------------------------------------------------------------------------------------
+# Set-up
+# --------------------------------------------------------------------------------------------------
+
+def prepare_data(cfg: RunConfig, show_progress: bool = True):
+    """Corpus → document split → WordPiece → cached MLM/NSP datasets (train, validation)."""
+    d = cfg.data
+    vocab_file = Path(d.vocab_file) if d.vocab_file else bundled_vocab_file()
+    tokenizer = load_wordpiece(vocab_file, lowercase=d.lowercase)
+    n_vocab = tokenizer.get_vocab_size()
+    if n_vocab > cfg.model.vocab_size:
+        raise ConfigError(f"the vocabulary {vocab_file} has {n_vocab} tokens but the model's embedding "
+                          f"table has {cfg.model.vocab_size}", key="model.vocab_size")
+    docs = load_corpus(d.corpus, text_field=d.text_field, max_documents=d.max_documents)
+    train_docs, val_docs = split_documents(docs, d.validation_fraction, seed=cfg.train.seed)
+    common = dict(seq_len=d.seq_len, max_predictions=d.max_predictions, mask_prob=d.mask_prob,
+                  short_seq_prob=d.short_seq_prob, cache_dir=d.cache_dir, show_progress=show_progress)
+    train = build_pretraining_dataset(train_docs, tokenizer, dupe_factor=d.dupe_factor,
+                                      seed=cfg.train.seed, **common)
+    val = None
+    if val_docs:
+        val = build_pretraining_dataset(val_docs, tokenizer, dupe_factor=1, seed=cfg.train.seed + 1, **common)
+    logger.info("data: %d documents (%d train / %d validation) → %d train and %d validation sequences of %d",
+                len(docs), len(train_docs), len(val_docs), len(train), len(val) if val is not None else 0,
+                d.seq_len)
+    return train, val, vocab_fingerprint(vocab_file), str(vocab_file)
+
+
+def _check_model_compatible(saved: dict, current: ModelConfig, where: Path) -> None:
+    current_d = asdict(current)
+    diffs = [f"model.{k}: checkpoint {saved.get(k)!r} vs config {current_d[k]!r}"
+             for k in current_d if k not in _NON_ARCH_FIELDS and saved.get(k) != current_d[k]]
+    if diffs:
+        raise CheckpointError(f"{where} was trained with a different model: " + "; ".join(diffs))
+
+
+def init_from_checkpoint(model: torch.nn.Module, cfg: RunConfig, vocab_digest: str) -> Path:
+    """Phase 2 / fine-tuning start: weights only, from a run dir or checkpoint dir."""
+    ckpt = ckpt_io.read_checkpoint(cfg.model.init_checkpoint)
+    _check_model_compatible(ckpt.state["model_config"], cfg.model, ckpt.path)
+    if ckpt.state.get("vocab_sha256") not in (None, vocab_digest):
+        raise CheckpointError(f"{ckpt.path} was trained with the vocabulary {ckpt.state.get('vocab_file')}, "
+                              f"which differs from this run's (data.vocab_file)")
+    ckpt_io.load_model_weights(model, ckpt)
+    logger.info("initialised weights from %s (step %d)", ckpt.path, ckpt.step)
+    return ckpt.path
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model, dataset, cfg: RunConfig, device, autocast) -> dict:
+    model.eval()
+    mlm_loss_sum = nsp_loss_sum = 0.0
+    mlm_ok = mlm_n = nsp_ok = nsp_n = 0
+    for batch in sequential_batches(dataset, cfg.train.micro_batch_size, cfg.train.eval_batches):
+        batch = {k: batch[k].to(device) for k in _BATCH_KEYS}
+        with autocast():
+            out = model(**batch)
+        c, n = masked_lm_correct(out.mlm_logits, batch["masked_lm_labels"])
+        mlm_ok, mlm_n = mlm_ok + c, mlm_n + n
+        mlm_loss_sum += float(out.mlm_loss) * n   # mean over this batch's masked tokens → token-weighted
+        c, n = next_sentence_correct(out.nsp_logits, batch["next_sentence_label"])
+        nsp_ok, nsp_n = nsp_ok + c, nsp_n + n
+        nsp_loss_sum += float(out.nsp_loss) * n
+    model.train()
+    mlm_loss, nsp_loss = mlm_loss_sum / max(mlm_n, 1), nsp_loss_sum / max(nsp_n, 1)
+    return {"eval_loss": mlm_loss + nsp_loss, "eval_mlm_loss": mlm_loss, "eval_nsp_loss": nsp_loss,
+            "eval_mlm_acc": mlm_ok / max(mlm_n, 1), "eval_nsp_acc": nsp_ok / max(nsp_n, 1),
+            "eval_sequences": nsp_n}
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> dict:
+    """Run (or continue, with ``resume``) a pretraining job; returns the final evaluation record."""
+    run_dir = Path(output_dir)
+    if not resume and ckpt_io.has_checkpoint(run_dir):
+        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume {run_dir} to continue it "
+                          f"or choose another --output-dir")
+    resume_ckpt = ckpt_io.read_checkpoint(run_dir) if resume else None
+
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    device = select_device(cfg.runtime.backend)
+    use_bf16 = cfg.runtime.precision == "bf16" or (cfg.runtime.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+
+    show = cfg.logging.progress_bar
+    train_set, val_set, vocab_digest, vocab_file = prepare_data(cfg, show_progress=show)
+    model = build_model(cfg.model)
+    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    if cfg.model.init_checkpoint and resume_ckpt is None:
+        init_from_checkpoint(model, cfg, vocab_digest)
+    model.to(device).train()
+
+    opt = cfg.optimizer
+    optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=opt.lr, betas=(opt.beta1, opt.beta2),
+                                  eps=opt.eps)
+    batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
+    step, run_id = 0, uuid.uuid4().hex[:8]
+    if resume_ckpt is not None:
+        _check_model_compatible(resume_ckpt.state["model_config"], cfg.model, resume_ckpt.path)
+        if resume_ckpt.state.get("vocab_sha256") != vocab_digest:
+            raise CheckpointError(f"{resume_ckpt.path} was trained with a different vocabulary")
+        ckpt_io.load_model_weights(model, resume_ckpt)
+        ckpt_io.load_optimizer_state(optimizer, resume_ckpt)
+        try:
+            batches.load_state_dict(resume_ckpt.state["data"])
+        except ValueError as e:
+            raise CheckpointError(f"{resume_ckpt.path}: {e}") from None
+        ckpt_io.restore_rng(resume_ckpt)
+        step, run_id = resume_ckpt.step, resume_ckpt.state.get("run_id", run_id)
+        logger.info("resuming %s from step %d", run_dir, step)
+    schedule = build_schedule(optimizer, name=cfg.schedule.name, warmup_steps=cfg.warmup_steps,
+                              total_steps=cfg.train.max_steps, warmup_power=cfg.schedule.warmup_power,
+                              decay_power=cfg.schedule.decay_power, end_lr_ratio=cfg.schedule.end_lr_ratio,
+                              last_step=step)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    run_log = RunLog(run_dir, cfg, run_id, resume_step=step if resume_ckpt is not None else None)
+    if resume_ckpt is None:
+        run_log.log({"step": 0, "kind": "run", "parameters": n_params, "device": str(device),
+                     "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
+                     "train_sequences": len(train_set),
+                     "validation_sequences": len(val_set) if val_set is not None else 0})
+    logger.info("model %s: %.2fM parameters on %s; %d steps of %d sequences × %d tokens",
+                cfg.model.type, n_params / 1e6, device, cfg.train.max_steps, cfg.global_batch_size,
+                cfg.data.seq_len)
+
+    def save(at_step: int) -> None:
+        ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
+            "run_id": run_id, "data": batches.state_dict(), "model_config": asdict(cfg.model),
+            "vocab_sha256": vocab_digest, "vocab_file": vocab_file, "scheduler_step": at_step},
+            keep=cfg.train.keep_checkpoints)
+
+    def run_eval(at_step: int) -> dict | None:
+        if val_set is None:
+            return None
+        t = time.perf_counter()
+        record = {"step": at_step, "kind": "eval", **evaluate(model, val_set, cfg, device, autocast)}
+        record["eval_seconds"] = time.perf_counter() - t
+        run_log.log(record)
+        logger.info("step %d validation: MLM loss %.3f, MLM acc %.3f, NSP acc %.3f", at_step,
+                    record["eval_mlm_loss"], record["eval_mlm_acc"], record["eval_nsp_acc"])
+        return record
+
+    last_eval, saved_step = None, None
+    exit_code = 1
+    try:
+        if step == 0 and cfg.train.eval_at_start:
+            last_eval = run_eval(0)
+        ga = cfg.micro_batches_per_step
+        window = _Window()
+        bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not show, desc="pretrain", unit="step",
+                   dynamic_ncols=True)
+        while step < cfg.train.max_steps:
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            for _ in range(ga):
+                batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items() if k in _BATCH_KEYS}
+                with autocast():
+                    out = model(**batch)
+                (out.loss / ga).backward()
+                window.add_micro(out, batch)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            window.add_step(time.perf_counter() - t0, cfg.global_batch_size, cfg.data.seq_len)
+            if not math.isfinite(window.last_loss):
+                raise FloatingPointError(f"loss became {window.last_loss} at step {step}; lower optimizer.lr "
+                                         f"or check the data")
+            if step % cfg.logging.log_every == 0 or step == cfg.train.max_steps:
+                record = {"step": step, "kind": "train", **window.flush(), "lr": lr, "grad_norm": grad_norm,
+                          "epoch": batches.epoch + batches.batch / len(batches)}
+                run_log.log(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", mlm_acc=f"{record['mlm_acc']:.3f}",
+                                seq_s=f"{record['samples_per_s']:.1f}")
+            bar.update(1)
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.max_steps:
+                last_eval = run_eval(step)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                save(step)
+                saved_step = step
+        bar.close()
+        if resume_ckpt is None or step > resume_ckpt.step:
+            last_eval = run_eval(step) or last_eval
+            if saved_step != step:
+                save(step)
+        exit_code = 0
+    finally:
+        run_log.close(exit_code)
+    return last_eval or {}
+
+
+class _Window:
+    """Running sums between two log records."""
+
+    def __init__(self):
+        self.reset()
+        self.last_loss = 0.0
+
+    def reset(self):
+        self.loss = self.mlm = self.nsp = 0.0
+        self.micro = self.mlm_ok = self.mlm_n = self.nsp_ok = self.nsp_n = 0
+        self.seconds = self.samples = self.tokens = 0.0
+        self._step_loss, self._step_micro = 0.0, 0
+
+    def add_micro(self, out, batch):
+        loss = float(out.loss.detach())
+        self.loss, self.mlm, self.nsp = self.loss + loss, self.mlm + float(out.mlm_loss.detach()), self.nsp + float(out.nsp_loss.detach())
+        self.micro += 1
+        self._step_loss, self._step_micro = self._step_loss + loss, self._step_micro + 1
+        c, n = masked_lm_correct(out.mlm_logits.detach(), batch["masked_lm_labels"])
+        self.mlm_ok, self.mlm_n = self.mlm_ok + c, self.mlm_n + n
+        c, n = next_sentence_correct(out.nsp_logits.detach(), batch["next_sentence_label"])
+        self.nsp_ok, self.nsp_n = self.nsp_ok + c, self.nsp_n + n
+
+    def add_step(self, seconds: float, samples: int, seq_len: int):
+        self.seconds += seconds
+        self.samples += samples
+        self.tokens += samples * seq_len
+        self.last_loss = self._step_loss / max(self._step_micro, 1)
+        self._step_loss, self._step_micro = 0.0, 0
+
+    def flush(self) -> dict:
+        m = max(self.micro, 1)
+        rec = {"loss": self.loss / m, "mlm_loss": self.mlm / m, "nsp_loss": self.nsp / m,
+               "mlm_acc": self.mlm_ok / max(self.mlm_n, 1), "nsp_acc": self.nsp_ok / max(self.nsp_n, 1),
+               "samples_per_s": self.samples / max(self.seconds, 1e-9),
+               "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
+        self.reset()
+        return rec

@@ -1,0 +1,65 @@
+"""The run's records: ``metrics.jsonl`` (one JSON object per line) and Weights & Biases.
+
+W&B runs offline by default (``wandb sync`` uploads later); ``WANDB_MODE`` in the environment wins
+over ``logging.wandb.mode``. On resume, records past the checkpoint's step are dropped from
+``metrics.jsonl`` so the file reads as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from groupbert.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, cfg: RunConfig, run_id: str, resume_step: int | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        self._file = open(self.path, "a")
+        self.wandb_run = None
+        mode = os.environ.get("WANDB_MODE", cfg.logging.wandb.mode)
+        if mode != "disabled":
+            self.wandb_run = self._init_wandb(run_dir, cfg, run_id, mode)
+
+    @staticmethod
+    def _init_wandb(run_dir: Path, cfg: RunConfig, run_id: str, mode: str):
+        import wandb
+        w = cfg.logging.wandb
+        config = cfg.to_dict()
+        config["derived"] = cfg.derived()
+        return wandb.init(project=w.project, entity=w.entity, name=w.name or Path(run_dir).name,
+                          tags=w.tags or None, dir=str(run_dir), mode=mode, id=run_id, resume="allow",
+                          config=config)
+
+    def _truncate_after(self, step: int) -> None:
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            if rec.get("step", 0) <= step:
+                kept.append(line)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict) -> None:
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self.wandb_run is not None:
+            step = record["step"]
+            self.wandb_run.log({k: v for k, v in record.items() if k not in ("step", "kind")}, step=step)
+
+    def close(self, exit_code: int = 0) -> None:
+        self._file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=exit_code)

@@ -1,0 +1,86 @@
+"""The CLI as a user runs it: exit codes, error messages naming key/file, kill and --resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
+        "data.seq_len=64", "data.max_predictions=10", "data.max_documents=6", "train.micro_batch_size=8",
+        "train.eval_batches=1", "logging.log_every=1", "runtime.threads=1"]
+
+
+def run_cli(*args, cwd=ROOT, **kw):
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "run_pretraining.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def _sets(tmp_path, *extra):
+    out = []
+    for s in TINY + [f"data.cache_dir={tmp_path / 'cache'}", *extra]:
+        out += ["--set", s]
+    return out
+
+
+def test_unknown_key_exits_2_naming_key_and_file(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("train:\n  max_stepz: 3\n")
+    r = run_cli("--config", str(cfg), "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 2
+    assert "train.max_stepz" in r.stderr and "bad.yaml" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_value_from_set_exits_2(tmp_path):
+    r = run_cli("--config", str(ROOT / "configs/groupbert/tiny_phase1.yaml"), "--set", "optimizer.lr=0",
+                "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 2 and "optimizer.lr" in r.stderr and "--set" in r.stderr
+
+
+def test_missing_corpus_exits_2_naming_the_file(tmp_path):
+    r = run_cli("--config", str(ROOT / "configs/groupbert/tiny_phase1.yaml"), "--output-dir",
+                str(tmp_path / "out"), *_sets(tmp_path, f"data.corpus={tmp_path}/missing.jsonl"))
+    assert r.returncode == 2 and "missing.jsonl" in r.stderr
+
+
+def test_resume_of_a_directory_without_run_exits_2(tmp_path):
+    r = run_cli("--resume", str(tmp_path))
+    assert r.returncode == 2 and "config.yaml" in r.stderr
+
+
+def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
+    cfgfile = ROOT / "configs/groupbert/tiny_phase1.yaml"
+    common = _sets(tmp_path, "train.max_steps=200", "train.checkpoint_every=10", "train.keep_checkpoints=2", "train.eval_every=0",
+                   "schedule.warmup=4")
+    full = tmp_path / "full"
+    assert run_cli("--config", str(cfgfile), "--output-dir", str(full), "--quiet", *common).returncode == 0
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_pretraining.py"), "--config", str(cfgfile),
+                             "--output-dir", str(killed), "--quiet", *common], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step-10").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = (killed / "checkpoints" / "latest").read_text().strip()
+    assert latest != "step-200", "the run finished before it could be killed; make it longer"
+
+    r = run_cli("--resume", str(killed), "--quiet")
+    assert r.returncode == 0, r.stderr
+
+    def losses(run):
+        recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in recs if r.get("kind") == "train"}
+    a, b = losses(full), losses(killed)
+    assert sorted(b) == list(range(1, 201))
+    for step in range(1, 201):
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step

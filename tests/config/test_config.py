@@ -1,0 +1,112 @@
+"""Config loading: strict keys, types and ranges, overrides, extends, and every shipped recipe."""
+import glob
+from pathlib import Path
+
+import pytest
+import yaml
+
+from groupbert.config import ConfigError, RunConfig, config_from_dict, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*" / "*.yaml")))
+PRETRAIN_CONFIGS = [c for c in CONFIGS if "/groupbert/" in c or "/bert/" in c]
+
+
+def _write(tmp_path, name, tree):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(tree))
+    return p
+
+
+@pytest.mark.parametrize("path", PRETRAIN_CONFIGS, ids=lambda p: Path(p).relative_to(ROOT).as_posix())
+def test_shipped_pretraining_configs_load_with_phase_invariants(path):
+    cfg = load_config(path)
+    if "phase1" in path:
+        assert cfg.data.seq_len == 128
+    else:
+        assert cfg.data.seq_len in (384, 512)
+        assert cfg.model.init_checkpoint, "phase 2 starts from a phase-1 checkpoint"
+    assert cfg.model.type == Path(path).parent.name
+
+
+@pytest.mark.parametrize("name,hidden,layers,batch", [
+    ("groupbert/base_phase1.yaml", 768, 12, 65520), ("groupbert/base_phase2.yaml", 768, 12, 32800),
+    ("groupbert/large_phase1.yaml", 1024, 24, 65520), ("groupbert/large_phase2.yaml", 1024, 24, 32800),
+    ("bert/base_phase1.yaml", 768, 12, 65536), ("bert/base_phase2.yaml", 768, 12, 16384)])
+def test_real_recipes_have_published_sizes_and_batches(name, hidden, layers, batch):
+    cfg = load_config(ROOT / "configs" / name)
+    assert (cfg.model.hidden_size, cfg.model.num_layers) == (hidden, layers)
+    assert cfg.global_batch_size == batch
+
+
+def test_defaults_and_derived():
+    cfg = load_config(None, ["model.hidden_size=128", "model.num_heads=2", "train.max_steps=200",
+                             "schedule.warmup=0.25"])
+    assert cfg.model.eps == 1e-3 and cfg.warmup_steps == 50
+    assert load_config(None, ["model.type=bert"]).model.eps == 1e-12
+    assert load_config(None, ["schedule.warmup=30"]).warmup_steps == 30
+    assert load_config(None, ["schedule.warmup=0"]).warmup_steps == 0
+
+
+@pytest.mark.parametrize("override,key,fragment", [
+    ("model.hiden_size=3", "model.hiden_size", "unknown key"),
+    ("nosuch.key=1", "nosuch", "unknown key"),
+    ("train.max_steps=0", "train.max_steps", "must be > 0"),
+    ("train.max_steps=1.5", "train.max_steps", "expected an integer"),
+    ("train.micro_batch_size=abc", "train.micro_batch_size", "expected an integer"),
+    ("optimizer.lr=-1", "optimizer.lr", "must be > 0"),
+    ("optimizer.beta2=1.0", "optimizer.beta2", "must be < 1"),
+    ("optimizer.weight_decay=-0.1", "optimizer.weight_decay", "must be >= 0"),
+    ("model.type=gpt9", "model.type", "not one of"),
+    ("logging.progress_bar=maybe", "logging.progress_bar", "true/false"),
+    ("data.seq_len=1024", "data.seq_len", "exceeds model.max_positions"),
+    ("schedule.warmup=2.5", "schedule.warmup", "must be an integer"),
+    ("ipu.layers_per_ipu=[1,2]", "ipu.layers_per_ipu", "sum to model.num_layers"),
+    ("model.num_heads=5", "model.num_heads", "not divisible"),
+])
+def test_bad_overrides_name_the_key(override, key, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert e.value.key == key and fragment in str(e.value)
+    assert e.value.source == "--set" or key in ("model.num_heads",)
+
+
+def test_errors_name_the_file_the_value_came_from(tmp_path):
+    base = _write(tmp_path, "base.yaml", {"train": {"max_steps": 10}, "model": {"hidden_size": 64, "num_heads": 2}})
+    child = _write(tmp_path, "child.yaml", {"extends": "base.yaml", "train": {"micro_batch_size": "big"}})
+    with pytest.raises(ConfigError) as e:
+        load_config(child)
+    assert e.value.key == "train.micro_batch_size" and e.value.source.endswith("child.yaml")
+    bad_parent = _write(tmp_path, "bad.yaml", {"optimizer": {"lrr": 1.0}})
+    child2 = _write(tmp_path, "child2.yaml", {"extends": "bad.yaml"})
+    with pytest.raises(ConfigError) as e:
+        load_config(child2)
+    assert e.value.key == "optimizer.lrr" and e.value.source.endswith("bad.yaml")
+
+
+def test_extends_merges_sections_and_overrides_win(tmp_path):
+    _write(tmp_path, "base.yaml", {"train": {"max_steps": 10, "seed": 3}, "optimizer": {"lr": 1.0e-3}})
+    child = _write(tmp_path, "child.yaml", {"extends": "base.yaml", "train": {"max_steps": 20}})
+    cfg = load_config(child, ["optimizer.lr=5e-4"])
+    assert (cfg.train.max_steps, cfg.train.seed, cfg.optimizer.lr) == (20, 3, 5e-4)
+
+
+def test_circular_extends_and_bad_yaml_are_errors(tmp_path):
+    _write(tmp_path, "a.yaml", {"extends": "b.yaml"})
+    _write(tmp_path, "b.yaml", {"extends": "a.yaml"})
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "broken.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs/groupbert/tiny_phase2.yaml")
+    save_config(cfg, tmp_path / "config.yaml")
+    tree = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert tree["derived"]["global_batch_size"] == cfg.global_batch_size
+    assert config_from_dict(tree) == cfg
+    assert isinstance(cfg, RunConfig)
