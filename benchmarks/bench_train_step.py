@@ -1,0 +1,194 @@
+"""Time one pretraining step (forward, backward, AdamW step) of our BERT against Hugging Face's, and GroupBERT.
+
+All models run in one process at the same sizes (BERT Base by default) on the same batch:
+- ``ours-bert``: ``groupbert.models.BertForPreTraining``, MLM head at the masked positions only;
+- ``hf-bert``: ``transformers.BertForPreTraining`` at the same config, MLM logits over all T tokens
+  (what HF computes when given ``labels`` [B, T]);
+- ``ours-groupbert``: ``groupbert.models.GroupBertForPreTraining`` at the same H/L/A/I.
+Each model gets ``--warmup`` untimed steps; then the models take timed steps in turn, ``--repeats``
+rounds, and each reports its median. The 1-minute load average before and after goes in the JSON:
+numbers taken while other jobs share the cores are not worth quoting.
+
+    .venv/bin/python benchmarks/bench_train_step.py --batch-size 8 --repeats 3
+
+Prints a table and writes JSON to ``benchmarks/results/train_step.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from groupbert.config import ModelConfig  # noqa: E402
+from groupbert.models import BertForPreTraining, GroupBertForPreTraining  # noqa: E402
+from groupbert.models.bert import to_hf_config  # noqa: E402
+
+SIZES = {  # H, L, A, I
+    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="base")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--masked", type=int, default=20, help="masked positions per sequence (phase 1: 20)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--models", default="ours-bert,hf-bert,ours-groupbert")
+    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                     "results", "train_step.json"))
+    return p.parse_args()
+
+
+def make_batch(B, T, P, vocab, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (B, T), generator=g)
+    token_type_ids = (torch.arange(T) >= T // 2).long().expand(B, T).contiguous()
+    attention_mask = torch.ones(B, T, dtype=torch.long)
+    positions = torch.stack([torch.randperm(T - 1, generator=g)[:P] + 1 for _ in range(B)])  # never [CLS]
+    labels = torch.randint(0, vocab, (B, P), generator=g)
+    full_labels = torch.full((B, T), -100).scatter_(1, positions, labels)  # HF's [B, T] labels
+    nsp = torch.randint(0, 2, (B,), generator=g)
+    batch = dict(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                 positions=positions, labels=labels, full_labels=full_labels, nsp=nsp)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def build(name, cfg, device):
+    if name == "ours-bert":
+        model = BertForPreTraining(dataclasses.replace(cfg, type="bert"))
+    elif name == "ours-groupbert":
+        model = GroupBertForPreTraining(dataclasses.replace(cfg, type="groupbert"))
+    elif name == "hf-bert":
+        import transformers
+
+        model = transformers.BertForPreTraining(to_hf_config(dataclasses.replace(cfg, type="bert")))
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    return model.to(device).train()
+
+
+def loss_fn(name, model, b):
+    if name == "hf-bert":
+        return model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                     attention_mask=b["attention_mask"], labels=b["full_labels"],
+                     next_sentence_label=b["nsp"]).loss
+    return model(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"], b["labels"],
+                 b["nsp"]).loss
+
+
+class Stepper:
+    """One model + AdamW; ``step()`` runs and times forward, backward and the optimizer update."""
+
+    def __init__(self, name, cfg, batch, device):
+        self.name, self.batch, self.device = name, batch, device
+        self.model = build(name, cfg, device)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
+        self.times = []
+
+    def step(self, record=True):
+        t0 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        loss = loss_fn(self.name, self.model, self.batch)
+        loss.backward()
+        self.opt.step()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if record:
+            self.times.append(time.perf_counter() - t0)
+
+
+def git_commit():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                                    text=True).stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def main():
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=30522, max_positions=512, **SIZES[args.size])  # dropout 0, as pretraining
+    batch = make_batch(args.batch_size, args.seq_len, args.masked, cfg.vocab_size, args.device)
+
+    load_before = os.getloadavg()
+    steppers = [Stepper(name, cfg, batch, args.device) for name in args.models.split(",")]
+    for st in steppers:
+        for _ in range(args.warmup):
+            st.step(record=False)
+    # Interleave the models round by round so that load from other processes hits them alike.
+    for _ in range(args.repeats):
+        for st in steppers:
+            st.step()
+    results = {}
+    for st in steppers:
+        median = statistics.median(st.times)
+        results[st.name] = dict(params=st.params, times_s=st.times, median_s=median,
+                                us_per_param=median / st.params * 1e6,
+                                sequences_per_s=args.batch_size / median)
+
+    ratios = {}
+    if {"ours-bert", "hf-bert"} <= results.keys():
+        ratios["hf_bert_over_ours_bert"] = results["hf-bert"]["median_s"] / results["ours-bert"]["median_s"]
+    if {"ours-bert", "ours-groupbert"} <= results.keys():
+        ratios["groupbert_over_bert_time"] = (results["ours-groupbert"]["median_s"]
+                                              / results["ours-bert"]["median_s"])
+        ratios["groupbert_over_bert_time_per_param"] = (results["ours-groupbert"]["us_per_param"]
+                                                        / results["ours-bert"]["us_per_param"])
+
+    print(f"\n{args.size}, batch {args.batch_size} x seq {args.seq_len}, {args.masked} masked/seq, "
+          f"{args.device}, {torch.get_num_threads()} threads, fp32, median of {args.repeats}")
+    print(f"{'model':<16}{'params (M)':>12}{'s/step':>10}{'seq/s':>10}{'us/param':>10}")
+    for name, r in results.items():
+        print(f"{name:<16}{r['params'] / 1e6:>12.1f}{r['median_s']:>10.3f}{r['sequences_per_s']:>10.2f}"
+              f"{r['us_per_param']:>10.4f}")
+    for key, value in ratios.items():
+        print(f"{key}: {value:.2f}")
+
+    commit, dirty = git_commit()
+    record = dict(
+        benchmark="train_step", torch=torch.__version__, python=platform.python_version(),
+        device=args.device, cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+        dtype="float32", size=args.size, model_config=dataclasses.asdict(cfg),
+        shapes=dict(batch_size=args.batch_size, seq_len=args.seq_len, masked_positions=args.masked),
+        warmup=args.warmup, repeats=args.repeats, git_commit=commit, git_dirty=dirty,
+        load_average_before=load_before, load_average_after=os.getloadavg(),
+        results=results, ratios=ratios,
+    )
+    try:
+        import transformers
+
+        record["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
