@@ -101,21 +101,34 @@ class TrainConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = _f("adamw", choices=("adamw",))  # the optimizer issue adds LAMB and the Lion family
-    lr: float = _f(1e-4, gt=0.0)                 # peak learning rate
-    beta1: float = _f(0.9, ge=0.0, lt=1.0)
-    beta2: float = _f(0.999, ge=0.0, lt=1.0)
-    eps: float = _f(1e-6, gt=0.0)                # BERT's Adam epsilon
-    weight_decay: float = _f(0.01, ge=0.0)       # decoupled; biases and norms are exempt
+    """Unset (null) settings take the optimizer's own default, or its preset's (optimizers/registry.py)."""
+    name: str = "adamw"                          # adamw | lamb | lion | lion_a | lion_ar, or a preset (lamb_nvidia, ...)
+    lr: float = _f(1e-4, gt=0.0)                 # peak learning rate (the schedule scales it)
+    beta1: Optional[float] = _f(None, ge=0.0, lt=1.0)  # first-moment / momentum coefficient
+    beta2: Optional[float] = _f(None, ge=0.0, lt=1.0)  # second moment (Adam/LAMB) or Lion's momentum EMA
+    eps: Optional[float] = _f(None, gt=0.0)      # AdamW / LAMB denominator epsilon
+    weight_decay: float = _f(0.01, ge=0.0)       # applied to matrices (and embeddings) only
+    bias_correction: Optional[bool] = None       # AdamW: momentum bias correction; LAMB: both moments
+    max_weight_norm: Optional[float] = _f(None, gt=0.0)  # LAMB: phi(|w|) = min(|w|, this) as PopTorch
+    nesterov: Optional[bool] = None              # Lion family: Nesterov look-ahead with one beta
+    inverse_bias_correction: Optional[bool] = None  # Lion family: scale steps by (1 - beta1^t)
+    scale: Optional[float] = _f(None, gt=0.0)    # LionA: update RMS per coordinate
+    per_row: Optional[bool] = None               # LionAR: angular control per output row (else per matrix)
+    update_norm_decay: Optional[float] = _f(None, ge=0.0, lt=1.0)  # LionAR: EMA of the update norm; 0 = exact
+    zero_mean: Optional[bool] = None             # LionAR: centre the update per row
+    decay_embeddings: bool = True                # embeddings in the decay group (nanoGPT, REQ) or not
+    rotational_embeddings: bool = True           # LionAR treats embedding rows as rotational
+    trust_ratio_vectors: bool = False            # LAMB trust ratio on biases / norm gains too
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = _f("linear", choices=("linear", "polynomial", "cosine", "constant"))
+    name: str = _f("linear", choices=("linear", "polynomial", "cosine", "constant", "trapezoidal"))
     warmup: float = _f(0.1, ge=0.0)              # < 1: fraction of max_steps; >= 1: steps (integer)
     warmup_power: float = _f(1.0, gt=0.0)        # polynomial warmup; Graphcore's GroupBERT uses 0.5
     decay_power: float = _f(1.0, gt=0.0)         # polynomial decay exponent
     end_lr_ratio: float = _f(0.0, ge=0.0, le=1.0)  # final lr as a fraction of the peak
+    cooldown_fraction: float = _f(0.5, gt=0.0, le=1.0)  # trapezoidal: linear cooldown over this end part
 
 
 @dataclass
@@ -138,6 +151,7 @@ class WandbConfig:
 @dataclass
 class LoggingConfig:
     log_every: int = _f(10, gt=0)                # steps between metrics.jsonl / W&B records
+    update_metrics_every: int = _f(0, ge=0)      # update norm / angle / RRC every N steps; 0 = off
     progress_bar: bool = True                    # tqdm over steps
     wandb: WandbConfig = _f(factory=WandbConfig)
 
@@ -366,10 +380,28 @@ def _cross_checks(cfg: RunConfig, origins: dict, default_source: str) -> None:
         fail("schedule.warmup", f"{w}: a value >= 1 is a step count and must be an integer")
     if cfg.warmup_steps > cfg.train.max_steps:
         fail("schedule.warmup", f"{cfg.warmup_steps} warmup steps exceed train.max_steps {cfg.train.max_steps}")
+    _check_optimizer(cfg, origins, default_source)
     if cfg.ipu.layers_per_ipu is not None:
         if any(n < 0 for n in cfg.ipu.layers_per_ipu) or sum(cfg.ipu.layers_per_ipu) != m.num_layers:
             fail("ipu.layers_per_ipu", f"{cfg.ipu.layers_per_ipu} must be non-negative and sum to "
                  f"model.num_layers {m.num_layers}")
+
+
+def _check_optimizer(cfg: RunConfig, origins: dict, default_source: str) -> None:
+    from groupbert.training.optim import OPTIONAL_KWARGS, optimizer_kwargs  # torch: import lazily
+    from optimizers.registry import accepted_arguments, optimizer_names
+
+    name = cfg.optimizer.name
+    if name not in optimizer_names():
+        raise ConfigError(f"unknown optimizer '{name}'; valid: {', '.join(optimizer_names())}",
+                          "optimizer.name", origins.get("optimizer.name", default_source))
+    accepted = accepted_arguments(name)
+    kwargs = optimizer_kwargs(cfg.optimizer)
+    for field_name, kwarg in OPTIONAL_KWARGS.items():
+        if kwarg in kwargs and kwarg not in accepted:
+            key = f"optimizer.{field_name}"
+            raise ConfigError(f"optimizer '{name}' has no such setting; leave it unset (null)", key,
+                              origins.get(key, default_source))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from groupbert.config import ConfigError, ModelConfig, RunConfig, save_config
-from groupbert.data import (DataError, build_pretraining_dataset, bundled_vocab_file, load_corpus,
+from groupbert.data import (build_pretraining_dataset, bundled_vocab_file, load_corpus,
                             load_wordpiece, split_documents, vocab_fingerprint)
 from groupbert.data.loader import EpochBatches, sequential_batches
 from groupbert.metrics import masked_lm_correct, next_sentence_correct
@@ -31,7 +31,9 @@ from groupbert.models import build_model
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
 from groupbert.training.run_log import RunLog
-from optimizers import build_schedule, param_groups
+from groupbert.training.optim import build_optimizer
+from optimizers import build_schedule
+from optimizers.update_metrics import UpdateMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +166,8 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         init_from_checkpoint(model, cfg, vocab_digest)
     model.to(device).train()
 
-    opt = cfg.optimizer
-    optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=opt.lr, betas=(opt.beta1, opt.beta2),
-                                  eps=opt.eps)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    update_metrics = UpdateMetrics(model, cfg.logging.update_metrics_every) if cfg.logging.update_metrics_every else None
     batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
     step, run_id = 0, uuid.uuid4().hex[:8]
     if resume_ckpt is not None:
@@ -185,7 +186,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     schedule = build_schedule(optimizer, name=cfg.schedule.name, warmup_steps=cfg.warmup_steps,
                               total_steps=cfg.train.max_steps, warmup_power=cfg.schedule.warmup_power,
                               decay_power=cfg.schedule.decay_power, end_lr_ratio=cfg.schedule.end_lr_ratio,
-                              last_step=step)
+                              cooldown_fraction=cfg.schedule.cooldown_fraction, last_step=step)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -228,6 +229,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         while step < cfg.train.max_steps:
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
+            measuring = update_metrics is not None and update_metrics.arm(step + 1)
             for _ in range(ga):
                 batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items() if k in _BATCH_KEYS}
                 with autocast():
@@ -237,12 +239,16 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
             grad_norm = float(torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf))
             lr = optimizer.param_groups[0]["lr"]
+            if measuring:
+                update_metrics.before_update()
             optimizer.step()
             schedule.step()
             step += 1
             if device.type == "cuda":
                 torch.cuda.synchronize()
             window.add_step(time.perf_counter() - t0, cfg.global_batch_size, cfg.data.seq_len)
+            if measuring:  # outside the timed region
+                run_log.log({"step": step, "kind": "update", **update_metrics.after_update()})
             if not math.isfinite(window.last_loss):
                 raise FloatingPointError(f"loss became {window.last_loss} at step {step}; lower optimizer.lr "
                                          f"or check the data")

@@ -72,12 +72,12 @@ def test_bad_overrides_name_the_key(override, key, fragment):
 
 
 def test_errors_name_the_file_the_value_came_from(tmp_path):
-    base = _write(tmp_path, "base.yaml", {"train": {"max_steps": 10}, "model": {"hidden_size": 64, "num_heads": 2}})
+    _write(tmp_path, "base.yaml", {"train": {"max_steps": 10}, "model": {"hidden_size": 64, "num_heads": 2}})
     child = _write(tmp_path, "child.yaml", {"extends": "base.yaml", "train": {"micro_batch_size": "big"}})
     with pytest.raises(ConfigError) as e:
         load_config(child)
     assert e.value.key == "train.micro_batch_size" and e.value.source.endswith("child.yaml")
-    bad_parent = _write(tmp_path, "bad.yaml", {"optimizer": {"lrr": 1.0}})
+    _write(tmp_path, "bad.yaml", {"optimizer": {"lrr": 1.0}})
     child2 = _write(tmp_path, "child2.yaml", {"extends": "bad.yaml"})
     with pytest.raises(ConfigError) as e:
         load_config(child2)
@@ -110,3 +110,39 @@ def test_saved_config_round_trips(tmp_path):
     assert tree["derived"]["global_batch_size"] == cfg.global_batch_size
     assert config_from_dict(tree) == cfg
     assert isinstance(cfg, RunConfig)
+
+
+@pytest.mark.parametrize("name,lr,warmup,bias_correction", [
+    ("groupbert/base_phase1.yaml", 0.012, 1000, True), ("groupbert/base_phase2.yaml", 0.01, 177, True),
+    ("bert/base_phase1.yaml", 0.006, 1971, False), ("bert/base_phase2.yaml", 0.002828, 274, False)])
+def test_real_recipes_use_lamb_with_published_settings(name, lr, warmup, bias_correction):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.optimizer.name == "lamb" and cfg.optimizer.lr == lr
+    assert cfg.warmup_steps == warmup and cfg.optimizer.bias_correction is bias_correction
+    if name.startswith("groupbert"):
+        assert cfg.schedule.name == "polynomial" and cfg.schedule.warmup_power == 0.5
+
+
+def test_unknown_optimizer_lists_the_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["optimizer.name=adam"])
+    assert e.value.key == "optimizer.name"
+    for name in ("adamw", "lamb", "lion", "lion_a", "lion_ar"):
+        assert name in str(e.value)
+
+
+def test_setting_an_optimizer_does_not_have_is_rejected():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["optimizer.name=lion", "optimizer.eps=1e-8"])
+    assert e.value.key == "optimizer.eps"
+    cfg = load_config(None, ["optimizer.name=lion_ar", "optimizer.per_row=false", "optimizer.beta1=0.95"])
+    assert cfg.optimizer.per_row is False
+
+
+@pytest.mark.parametrize("override,key", [("optimizer.lr=0", "optimizer.lr"), ("optimizer.beta1=1.0", "optimizer.beta1"),
+                                          ("optimizer.beta2=-0.1", "optimizer.beta2"),
+                                          ("optimizer.weight_decay=-1", "optimizer.weight_decay")])
+def test_invalid_optimizer_hyperparameters_fail_at_load(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert e.value.key == key

@@ -51,3 +51,14 @@ def test_scheduler_positioned_for_resume():
     build_schedule(resumed, name="linear", warmup_steps=10, total_steps=110, last_step=37)
     assert resumed.param_groups[0]["lr"] == pytest.approx(fresh.param_groups[0]["lr"])
     assert resumed.param_groups[0]["lr"] == pytest.approx(m(37))
+
+
+def test_trapezoidal_warmup_constant_then_linear_cooldown_over_last_half():
+    kw = dict(name="trapezoidal", warmup_steps=10, total_steps=100)
+    assert lr_multiplier(4, **kw) == pytest.approx(0.5)
+    assert lr_multiplier(10, **kw) == 1.0 and lr_multiplier(49, **kw) == 1.0
+    assert lr_multiplier(50, **kw) == pytest.approx(1.0)
+    assert lr_multiplier(75, **kw) == pytest.approx(0.5)
+    assert lr_multiplier(100, **kw) == pytest.approx(0.0)
+    assert lr_multiplier(90, **kw, cooldown_fraction=0.2) == pytest.approx(0.5)
+    assert lr_multiplier(0, name="trapezoidal", warmup_steps=0, total_steps=100) == 1.0

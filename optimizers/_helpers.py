@@ -1,0 +1,65 @@
+"""Private helpers shared by the optimizers: argument checks, foreach dispatch, device/dtype buckets."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_adam_hyperparameters(hp: dict[str, Any]) -> None:
+    """ValueError naming the argument if lr, betas, eps or weight_decay is out of range."""
+    lr, betas, eps, weight_decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
+    if isinstance(lr, Tensor) or not lr > 0:
+        raise ValueError(f"Invalid lr: {lr!r} (must be a number > 0)")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"Invalid betas: {betas!r} (each must be in [0, 1))")
+    if not eps > 0:
+        raise ValueError(f"Invalid eps: {eps!r} (must be > 0)")
+    if not weight_decay >= 0:
+        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be >= 0)")
+
+
+def check_grad(p: Tensor, name: str) -> None:
+    if p.grad.is_sparse:
+        raise RuntimeError(f"{name} does not support sparse gradients")
+    if torch.is_complex(p):
+        raise RuntimeError(f"{name} does not support complex parameters")
+
+
+def steps_to_tensors(state: dict) -> None:
+    """Old or foreign state dicts may hold ``step`` as a number; make it a float32 host tensor."""
+    for s in state.values():
+        if "step" in s and not torch.is_tensor(s["step"]):
+            s["step"] = torch.tensor(float(s["step"]), dtype=torch.float32)
+
+
+FOREACH_DEVICES = ("cpu", "cuda")
+
+
+def default_foreach(params: Sequence[Tensor]) -> bool:
+    """``foreach=None``: the multi-tensor path whenever every tensor is a dense CPU/CUDA tensor.
+    (torch uses it only on CUDA; on CPU ours is measured in benchmarks/bench_optimizers.py.)"""
+    return bool(params) and all(p.device.type in FOREACH_DEVICES and not p.is_sparse for p in params)
+
+
+def resolve_foreach(foreach: Optional[bool], params: Sequence[Tensor]) -> bool:
+    return default_foreach(params) if foreach is None else foreach
+
+
+def bucket_by_device_and_dtype(tensor_lists: list[list[Tensor]]) -> list[list[list[Tensor]]]:
+    """Split parallel lists into buckets by the (device, dtype) of the first list, keeping order.
+    The other lists follow the first (``state_steps`` stay on the host)."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensor_lists[0]):
+        buckets.setdefault((t.device, t.dtype), []).append(i)
+    return [[[tl[i] for i in idx] for tl in tensor_lists] for idx in buckets.values()]
+
+
+def group_indices_by_device_and_dtype(tensors: Sequence[Tensor]) -> dict[tuple, list[int]]:
+    """Indices of ``tensors`` grouped by (device, dtype): a foreach call takes one such group."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[(t.device, t.dtype)].append(i)
+    return dict(groups)
