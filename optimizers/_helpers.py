@@ -35,12 +35,13 @@ def steps_to_tensors(state: dict) -> None:
             s["step"] = torch.tensor(float(s["step"]), dtype=torch.float32)
 
 
-FOREACH_DEVICES = ("cpu", "cuda")
+FOREACH_DEVICES = ("cuda",)
 
 
 def default_foreach(params: Sequence[Tensor]) -> bool:
-    """``foreach=None``: the multi-tensor path whenever every tensor is a dense CPU/CUDA tensor.
-    (torch uses it only on CUDA; on CPU ours is measured in benchmarks/bench_optimizers.py.)"""
+    """``foreach=None``: torch's rule, the multi-tensor path only when every tensor is a dense CUDA tensor.
+    On CPU the per-tensor loop is about twice as fast (the foreach path's full-size temporaries leave the
+    cache; GroupBERT-Base-sized AdamW: 0.17 s vs 0.31-0.39 s per step on 2 cores, ours and torch's alike)."""
     return bool(params) and all(p.device.type in FOREACH_DEVICES and not p.is_sparse for p in params)
 
 

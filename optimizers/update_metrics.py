@@ -11,7 +11,8 @@ Kosson, Messmer & Jaggi, "Analyzing & Reducing the Need for Learning Rate Warmup
 Usage: ``m = UpdateMetrics(model, every=N)``; ``m.arm(step)`` before the step's forward passes (the
 linear layers' inputs of the last micro-batch are cached), ``m.before_update()`` just before
 ``optimizer.step()``, ``record = m.after_update()`` after it. Between armed steps nothing is hooked or
-copied, so the cost is paid every N steps only.
+copied, so the cost is paid every N steps only. RRC uses ``max_rows`` evenly spaced rows (tokens) of each
+layer's input: the MLM decoder alone would otherwise cost as much as the forward pass.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 
 class UpdateMetrics:
-    def __init__(self, model: nn.Module, every: int, max_rows: int = 2048, per_tensor: bool = True):
+    def __init__(self, model: nn.Module, every: int, max_rows: int = 256, per_tensor: bool = True):
         if every <= 0:
             raise ValueError(f"every must be > 0, got {every}")
         self.model, self.every, self.max_rows, self.per_tensor = model, every, max_rows, per_tensor

@@ -1,6 +1,7 @@
 """End-to-end pretraining on a slice of the bundled Wikipedia sample: loss falls, resume is exact,
 phase 2 starts from phase 1, and bad input fails clearly without touching good checkpoints."""
 import json
+import math
 import shutil
 
 import pytest
@@ -112,3 +113,37 @@ def test_bert_baseline_trains_too(tmp_path):
     run = tmp_path / "bert"
     pretrain(_cfg(tmp_path, "model.type=bert", "train.max_steps=3", "train.checkpoint_every=0"), run)
     assert len(_records(run, "train")) == 3 and torch.isfinite(torch.tensor(_records(run, "train")[-1]["loss"]))
+
+
+@pytest.mark.parametrize("name", ["lamb_nvidia", "lion_ar_mom"])
+def test_other_optimizers_train_and_log_update_metrics(tmp_path, name):
+    lr = "2e-3" if name.startswith("lamb") else "1e-3"
+    run = tmp_path / name
+    pretrain(_cfg(tmp_path, f"optimizer.name={name}", f"optimizer.lr={lr}", "train.max_steps=4",
+                  "train.checkpoint_every=0", "logging.update_metrics_every=2", "schedule.warmup=0"), run)
+    train = _records(run, "train")
+    assert len(train) == 4 and all(math.isfinite(r["loss"]) for r in train)
+    updates = _records(run, "update")
+    assert [r["step"] for r in updates] == [2, 4]
+    for r in updates:
+        assert r["update_norm"] > 0 and 0 < r["update_angle_mean"] < 1 and r["update_rrc_mean"] > 0
+        assert any(k.startswith("update_rrc/") for k in r)
+    assert read_checkpoint(run).state["optimizer"]["class"] in ("LAMB", "LionAR")
+
+
+@pytest.mark.parametrize("name", ["lamb", "lion_ar"])
+def test_resume_is_exact_for_stateful_optimizers(tmp_path, name):
+    extra = [f"optimizer.name={name}", "optimizer.lr=1e-3", "train.max_steps=6", "train.checkpoint_every=3",
+             "schedule.warmup=0"]
+    full = tmp_path / "full"
+    pretrain(_cfg(tmp_path, *extra), full)
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-3", cut / "checkpoints" / "step-3")
+    (cut / "checkpoints" / "latest").write_text("step-3\n")
+    shutil.copy(full / "config.yaml", cut / "config.yaml")
+    pretrain(_cfg(tmp_path, *extra), cut, resume=True)
+    a = {r["step"]: r["loss"] for r in _records(full, "train")}
+    b = {r["step"]: r["loss"] for r in _records(cut, "train")}
+    for step in (4, 5, 6):
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
