@@ -133,10 +133,17 @@ class ScheduleConfig:
 
 @dataclass
 class IPUConfig:
-    """Execution on IPUs (the IPU layer issue consumes these; recipes record the published values)."""
-    layers_per_ipu: Optional[list[int]] = None   # pipeline split, e.g. [1, 3, 4, 4]
+    """Execution on Graphcore IPUs (``runtime.backend: ipu | ipu-model``), as Graphcore's BERT apps set it."""
+    layers_per_ipu: Optional[list[int]] = None   # pipeline split of the encoder, e.g. [1, 3, 4, 4]; None: one IPU
     replication_factor: int = _f(1, gt=0)        # data-parallel replicas; on CPU/CUDA one process runs them in turn
-    device_iterations: int = _f(1, gt=0)         # steps per host call
+    device_iterations: int = _f(1, gt=0)         # optimizer steps per host call (IPU backends)
+    available_memory_proportion: Optional[list[float]] = None  # per IPU, for matmul/conv temporaries (0, 1]
+    recompute: bool = True                       # recomputation checkpoint after every encoder layer
+    optimizer_state_offchip: bool = False        # keep optimizer moments in streaming memory
+    half: bool = False                           # fp16 weights/activations on IPU (the emulator computes in fp32)
+    loss_scaling: float = _f(1.0, gt=0.0)        # static loss scale of the PopTorch optimizer (fp16 recipes: 512+)
+    executable_cache_dir: Optional[str] = None   # PopTorch executable cache (skips recompilation)
+    ipu_memory_mb: float = _f(900.0, gt=0.0)     # in-processor memory per IPU (GC200 Mk2: 900 MB)
 
 
 @dataclass
@@ -180,6 +187,11 @@ class RunConfig:
         """Micro-batches per optimizer step: GA x replicas. On CPU/CUDA a single process runs every
         replica's micro-batches in turn, so a recipe's global batch, and its numerics, hold on any backend."""
         return self.train.gradient_accumulation * self.ipu.replication_factor
+
+    @property
+    def samples_per_host_call(self) -> int:
+        """IPU backends: the combined batch of one host call (device iterations x global batch)."""
+        return self.global_batch_size * self.ipu.device_iterations
 
     @property
     def global_batch_size(self) -> int:
@@ -381,10 +393,36 @@ def _cross_checks(cfg: RunConfig, origins: dict, default_source: str) -> None:
     if cfg.warmup_steps > cfg.train.max_steps:
         fail("schedule.warmup", f"{cfg.warmup_steps} warmup steps exceed train.max_steps {cfg.train.max_steps}")
     _check_optimizer(cfg, origins, default_source)
-    if cfg.ipu.layers_per_ipu is not None:
-        if any(n < 0 for n in cfg.ipu.layers_per_ipu) or sum(cfg.ipu.layers_per_ipu) != m.num_layers:
-            fail("ipu.layers_per_ipu", f"{cfg.ipu.layers_per_ipu} must be non-negative and sum to "
+    ipu = cfg.ipu
+    if ipu.layers_per_ipu is not None:
+        if any(n < 0 for n in ipu.layers_per_ipu) or sum(ipu.layers_per_ipu) != m.num_layers:
+            fail("ipu.layers_per_ipu", f"{ipu.layers_per_ipu} must be non-negative and sum to "
                  f"model.num_layers {m.num_layers}")
+    if ipu.available_memory_proportion is not None:
+        n_ipus = len(ipu.layers_per_ipu or [m.num_layers])
+        if len(ipu.available_memory_proportion) != n_ipus or not all(0 < p <= 1 for p in ipu.available_memory_proportion):
+            fail("ipu.available_memory_proportion", f"{ipu.available_memory_proportion}: one value in (0, 1] per "
+                 f"IPU ({n_ipus})")
+    if cfg.runtime.backend in ("ipu", "ipu-model"):
+        _check_ipu_run(cfg, fail)
+
+
+def _check_ipu_run(cfg: RunConfig, fail) -> None:
+    """What the PopTorch path cannot do, said before any work starts."""
+    di = cfg.ipu.device_iterations
+    for key, value in (("train.max_steps", cfg.train.max_steps), ("train.checkpoint_every", cfg.train.checkpoint_every),
+                       ("train.eval_every", cfg.train.eval_every), ("logging.log_every", cfg.logging.log_every)):
+        if value % di:
+            fail(key, f"{value} is not a multiple of ipu.device_iterations {di}: an IPU host call runs {di} steps")
+    if cfg.optimizer.name not in ("adamw", "lamb"):
+        fail("optimizer.name", f"'{cfg.optimizer.name}' cannot run on the IPU backends: PopART performs the "
+             f"update on device and offers AdamW and LAMB (use adamw or lamb)")
+    if cfg.optimizer.name == "lamb" and cfg.train.max_grad_norm > 0:
+        fail("train.max_grad_norm", "PopTorch's LAMB has no gradient clipping; set train.max_grad_norm=0 "
+             "for the ipu backends")
+    if cfg.logging.update_metrics_every:
+        fail("logging.update_metrics_every", "update-size metrics need the host-side optimizer step; "
+             "they are not available on the ipu backends")
 
 
 def _check_optimizer(cfg: RunConfig, origins: dict, default_source: str) -> None:

@@ -106,7 +106,11 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
             else:
                 scalars[key] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars,
-                     "class": type(optimizer).__name__}
+                     "class": _qualname(optimizer)}
+
+
+def _qualname(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _rng_tensors() -> dict:
@@ -191,9 +195,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> 
     meta = ckpt.state.get("optimizer")
     if meta is None:
         raise CheckpointError(f"{ckpt.path} holds no optimizer state")
-    if meta["class"] != type(optimizer).__name__:
+    if meta["class"] != _qualname(optimizer):
         raise CheckpointError(f"{ckpt.path} holds {meta['class']} state, but the run uses "
-                              f"{type(optimizer).__name__}")
+                              f"{_qualname(optimizer)} (optimizer or backend changed?)")
     tensors = load_file(str(ckpt.path / "optimizer.safetensors"))
     state: dict[int, dict[str, Any]] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):

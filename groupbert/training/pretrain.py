@@ -31,22 +31,21 @@ from groupbert.models import build_model
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
 from groupbert.training.run_log import RunLog
+from groupbert.training.steppers import BATCH_KEYS, HostStepper, IPUStepper, Sums
 from groupbert.training.optim import build_optimizer
 from optimizers import build_schedule
 from optimizers.update_metrics import UpdateMetrics
 
 logger = logging.getLogger(__name__)
 
-_BATCH_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_labels",
-               "next_sentence_label")
 # Model-config fields that may differ between a checkpoint and the model it initialises.
 _NON_ARCH_FIELDS = {"hidden_dropout", "attention_dropout", "init_checkpoint", "max_positions"}
 
 
 def select_device(backend: str) -> torch.device:
+    """The host device; the IPU backends keep the model on the CPU host and run it through PopTorch."""
     if backend in ("ipu", "ipu-model"):
-        raise ConfigError("the IPU backends are not available in this version of the application; "
-                          "use cpu, cuda or auto", key="runtime.backend")
+        return torch.device("cpu")
     if backend == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA was requested but torch sees no GPU", key="runtime.backend")
     if backend == "auto":
@@ -122,7 +121,7 @@ def evaluate(model, dataset, cfg: RunConfig, device, autocast) -> dict:
     mlm_loss_sum = nsp_loss_sum = 0.0
     mlm_ok = mlm_n = nsp_ok = nsp_n = 0
     for batch in sequential_batches(dataset, cfg.train.micro_batch_size, cfg.train.eval_batches):
-        batch = {k: batch[k].to(device) for k in _BATCH_KEYS}
+        batch = {k: batch[k].to(device) for k in BATCH_KEYS}
         with autocast():
             out = model(**batch)
         c, n = masked_lm_correct(out.mlm_logits, batch["masked_lm_labels"])
@@ -166,7 +165,21 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         init_from_checkpoint(model, cfg, vocab_digest)
     model.to(device).train()
 
-    optimizer = build_optimizer(model, cfg.optimizer)
+    on_ipu = cfg.runtime.backend in ("ipu", "ipu-model")
+    if on_ipu:
+        from groupbert.ipu import USING_EMULATOR, poptorch
+        from groupbert.ipu.options import build_ipu_optimizer, build_options
+        from groupbert.ipu.pipeline import parallelize
+        if cfg.runtime.backend == "ipu" and (USING_EMULATOR or not poptorch.ipuHardwareIsAvailable()):
+            raise ConfigError("runtime.backend ipu needs IPU hardware and the Poplar SDK's PopTorch; use "
+                              "ipu-model to run the same code path on the IPU Model or the built-in emulator",
+                              key="runtime.backend")
+        if cfg.ipu.half and USING_EMULATOR:
+            logger.warning("ipu.half: the emulator computes in fp32; fp16 applies on IPU hardware only")
+        parallelize(model, cfg.ipu.layers_per_ipu, recompute=cfg.ipu.recompute)
+        optimizer = build_ipu_optimizer(model, cfg)
+    else:
+        optimizer = build_optimizer(model, cfg.optimizer)
     update_metrics = UpdateMetrics(model, cfg.logging.update_metrics_every) if cfg.logging.update_metrics_every else None
     batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
     step, run_id = 0, uuid.uuid4().hex[:8]
@@ -187,6 +200,10 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                               total_steps=cfg.train.max_steps, warmup_power=cfg.schedule.warmup_power,
                               decay_power=cfg.schedule.decay_power, end_lr_ratio=cfg.schedule.end_lr_ratio,
                               cooldown_fraction=cfg.schedule.cooldown_fraction, last_step=step)
+    if on_ipu:
+        stepper = IPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg))
+    else:
+        stepper = HostStepper(model, optimizer, schedule, cfg, device, autocast, update_metrics)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -201,6 +218,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                 cfg.data.seq_len)
 
     def save(at_step: int) -> None:
+        stepper.sync_to_host()
         ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
             "run_id": run_id, "data": batches.state_dict(), "model_config": asdict(cfg.model),
             "vocab_sha256": vocab_digest, "vocab_file": vocab_file, "scheduler_step": at_step},
@@ -210,6 +228,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         if val_set is None:
             return None
         t = time.perf_counter()
+        stepper.sync_to_host()  # evaluation runs the host model
         record = {"step": at_step, "kind": "eval", **evaluate(model, val_set, cfg, device, autocast)}
         record["eval_seconds"] = time.perf_counter() - t
         run_log.log(record)
@@ -222,43 +241,27 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     try:
         if step == 0 and cfg.train.eval_at_start:
             last_eval = run_eval(0)
-        ga = cfg.micro_batches_per_step
         window = _Window()
         bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not show, desc="pretrain", unit="step",
                    dynamic_ncols=True)
+        n = stepper.steps_per_call
         while step < cfg.train.max_steps:
             t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            measuring = update_metrics is not None and update_metrics.arm(step + 1)
-            for _ in range(ga):
-                batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items() if k in _BATCH_KEYS}
-                with autocast():
-                    out = model(**batch)
-                (out.loss / ga).backward()
-                window.add_micro(out, batch)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf))
-            lr = optimizer.param_groups[0]["lr"]
-            if measuring:
-                update_metrics.before_update()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            window.add_step(time.perf_counter() - t0, cfg.global_batch_size, cfg.data.seq_len)
-            if measuring:  # outside the timed region
-                run_log.log({"step": step, "kind": "update", **update_metrics.after_update()})
+            result = stepper.run(batches, step)
+            step += n
+            window.add(result.sums, time.perf_counter() - t0, n * cfg.global_batch_size, cfg.data.seq_len)
+            if result.update_record:  # outside the timed region
+                run_log.log({"step": step, "kind": "update", **result.update_record})
             if not math.isfinite(window.last_loss):
                 raise FloatingPointError(f"loss became {window.last_loss} at step {step}; lower optimizer.lr "
                                          f"or check the data")
             if step % cfg.logging.log_every == 0 or step == cfg.train.max_steps:
-                record = {"step": step, "kind": "train", **window.flush(), "lr": lr, "grad_norm": grad_norm,
-                          "epoch": batches.epoch + batches.batch / len(batches)}
+                record = {"step": step, "kind": "train", **window.flush(), "lr": result.lr,
+                          "grad_norm": result.grad_norm, "epoch": batches.epoch + batches.batch / len(batches)}
                 run_log.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", mlm_acc=f"{record['mlm_acc']:.3f}",
                                 seq_s=f"{record['samples_per_s']:.1f}")
-            bar.update(1)
+            bar.update(n)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.max_steps:
                 last_eval = run_eval(step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
@@ -283,32 +286,20 @@ class _Window:
         self.last_loss = 0.0
 
     def reset(self):
-        self.loss = self.mlm = self.nsp = 0.0
-        self.micro = self.mlm_ok = self.mlm_n = self.nsp_ok = self.nsp_n = 0
+        self.sums = Sums()
         self.seconds = self.samples = self.tokens = 0.0
-        self._step_loss, self._step_micro = 0.0, 0
 
-    def add_micro(self, out, batch):
-        loss = float(out.loss.detach())
-        self.loss, self.mlm, self.nsp = self.loss + loss, self.mlm + float(out.mlm_loss.detach()), self.nsp + float(out.nsp_loss.detach())
-        self.micro += 1
-        self._step_loss, self._step_micro = self._step_loss + loss, self._step_micro + 1
-        c, n = masked_lm_correct(out.mlm_logits.detach(), batch["masked_lm_labels"])
-        self.mlm_ok, self.mlm_n = self.mlm_ok + c, self.mlm_n + n
-        c, n = next_sentence_correct(out.nsp_logits.detach(), batch["next_sentence_label"])
-        self.nsp_ok, self.nsp_n = self.nsp_ok + c, self.nsp_n + n
-
-    def add_step(self, seconds: float, samples: int, seq_len: int):
+    def add(self, sums: Sums, seconds: float, samples: int, seq_len: int):
+        self.sums += sums
         self.seconds += seconds
         self.samples += samples
         self.tokens += samples * seq_len
-        self.last_loss = self._step_loss / max(self._step_micro, 1)
-        self._step_loss, self._step_micro = 0.0, 0
+        self.last_loss = sums.loss / max(sums.micro, 1)
 
     def flush(self) -> dict:
-        m = max(self.micro, 1)
-        rec = {"loss": self.loss / m, "mlm_loss": self.mlm / m, "nsp_loss": self.nsp / m,
-               "mlm_acc": self.mlm_ok / max(self.mlm_n, 1), "nsp_acc": self.nsp_ok / max(self.nsp_n, 1),
+        s, m = self.sums, max(self.sums.micro, 1)
+        rec = {"loss": s.loss / m, "mlm_loss": s.mlm / m, "nsp_loss": s.nsp / m,
+               "mlm_acc": s.mlm_ok / max(s.mlm_n, 1), "nsp_acc": s.nsp_ok / max(s.nsp_n, 1),
                "samples_per_s": self.samples / max(self.seconds, 1e-9),
                "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
         self.reset()

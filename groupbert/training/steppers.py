@@ -1,0 +1,129 @@
+"""One optimizer step (or one IPU host call of ``device_iterations`` steps) of MLM + NSP pretraining.
+
+``HostStepper`` runs on CPU/CUDA: ``micro_batches_per_step`` forward/backward passes, losses averaged,
+global gradient clipping, the optimizer step. ``IPUStepper`` hands the same micro-batches, concatenated
+in PopART's order ``[device_iterations, gradient_accumulation, replicas, micro_batch]``, to a PopTorch
+``trainingModel`` (real PopTorch or the built-in emulator), which averages the gradients over
+micro-batches and replicas (``ReductionType.Mean``) and updates on device. Both consume micro-batches in
+the same order, so the two paths train on the same samples.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from groupbert.metrics import IGNORE_INDEX, masked_lm_correct, next_sentence_correct
+
+BATCH_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_labels",
+              "next_sentence_label")
+
+
+@dataclass
+class Sums:
+    """Loss sums over micro-batches and accuracy counts; added up between two log records."""
+    loss: float = 0.0
+    mlm: float = 0.0
+    nsp: float = 0.0
+    micro: int = 0
+    mlm_ok: float = 0.0
+    mlm_n: float = 0.0
+    nsp_ok: float = 0.0
+    nsp_n: float = 0.0
+
+    def __iadd__(self, o: "Sums") -> "Sums":
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(o, k))
+        return self
+
+
+@dataclass
+class StepResult:
+    sums: Sums
+    lr: float
+    grad_norm: float | None = None
+    update_record: dict = field(default_factory=dict)
+
+
+class HostStepper:
+    def __init__(self, model, optimizer, schedule, cfg, device, autocast, update_metrics=None):
+        self.model, self.optimizer, self.schedule, self.cfg = model, optimizer, schedule, cfg
+        self.device, self.autocast, self.update_metrics = device, autocast, update_metrics
+        self.steps_per_call = 1
+
+    def run(self, batches, step: int) -> StepResult:
+        cfg, ga = self.cfg, self.cfg.micro_batches_per_step
+        self.optimizer.zero_grad(set_to_none=True)
+        measuring = self.update_metrics is not None and self.update_metrics.arm(step + 1)
+        sums = Sums()
+        for _ in range(ga):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if k in BATCH_KEYS}
+            with self.autocast():
+                out = self.model(**batch)
+            (out.loss / ga).backward()
+            c, n = masked_lm_correct(out.mlm_logits.detach(), batch["masked_lm_labels"])
+            c2, n2 = next_sentence_correct(out.nsp_logits.detach(), batch["next_sentence_label"])
+            sums += Sums(float(out.loss.detach()), float(out.mlm_loss.detach()), float(out.nsp_loss.detach()), 1,
+                         c, n, c2, n2)
+        max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        lr = self.optimizer.param_groups[0]["lr"]
+        if measuring:
+            self.update_metrics.before_update()
+        self.optimizer.step()
+        self.schedule.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        result = StepResult(sums, lr, grad_norm)
+        if measuring:
+            result.update_record = self.update_metrics.after_update()
+        return result
+
+    def sync_to_host(self) -> None:
+        pass
+
+
+class PretrainingOnDevice(nn.Module):
+    """What runs on the IPU: the loss for backward plus scalar sums for logging, so no logits cross
+    to the host. With ``OutputMode.Sum`` every output comes back summed over the host call."""
+
+    def __init__(self, model: nn.Module, poptorch):
+        super().__init__()
+        self.model, self._poptorch = model, poptorch
+
+    def forward(self, input_ids, token_type_ids, attention_mask, masked_lm_positions, masked_lm_labels,
+                next_sentence_label):
+        out = self.model(input_ids, token_type_ids, attention_mask, masked_lm_positions, masked_lm_labels,
+                         next_sentence_label)
+        scored = masked_lm_labels != IGNORE_INDEX
+        mlm_ok = ((out.mlm_logits.argmax(-1) == masked_lm_labels) & scored).sum().float()
+        nsp_ok = (out.nsp_logits.argmax(-1) == next_sentence_label).sum().float()
+        nsp_n = torch.ones_like(next_sentence_label, dtype=torch.float).sum()
+        return (out.mlm_loss, out.nsp_loss, mlm_ok, scored.sum().float(), nsp_ok, nsp_n,
+                self._poptorch.identity_loss(out.loss, reduction="none"))
+
+
+class IPUStepper:
+    def __init__(self, model, cfg, poptorch, optimizer, schedule, options):
+        self.cfg, self.poptorch, self.optimizer, self.schedule = cfg, poptorch, optimizer, schedule
+        self.steps_per_call = cfg.ipu.device_iterations
+        self.device_model = PretrainingOnDevice(model, poptorch)
+        self.executor = poptorch.trainingModel(self.device_model, options=options, optimizer=optimizer)
+
+    def run(self, batches, step: int) -> StepResult:
+        n_micro = self.steps_per_call * self.cfg.micro_batches_per_step
+        micro = [next(batches) for _ in range(n_micro)]
+        combined = {k: torch.cat([b[k] for b in micro]) for k in BATCH_KEYS}
+        lr = self.optimizer.param_groups[0]["lr"]
+        mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n, loss = (float(t.sum()) for t in self.executor(**combined))
+        # PopTorch changes hyperparameters per host call: advance the schedule, then upload it
+        for _ in range(self.steps_per_call):
+            self.schedule.step()
+        self.executor.setOptimizer(self.optimizer)
+        return StepResult(Sums(loss, mlm, nsp, n_micro, mlm_ok, mlm_n, nsp_ok, nsp_n), lr)
+
+    def sync_to_host(self) -> None:
+        """Weights (and, through the optimizer object, its state) back on the host for eval/checkpoints."""
+        self.executor.copyWeightsToHost()
