@@ -414,6 +414,13 @@ def _check_ipu_run(cfg: RunConfig, fail) -> None:
                        ("train.eval_every", cfg.train.eval_every), ("logging.log_every", cfg.logging.log_every)):
         if value % di:
             fail(key, f"{value} is not a multiple of ipu.device_iterations {di}: an IPU host call runs {di} steps")
+    n_ipus = len(cfg.ipu.layers_per_ipu or [0])
+    if n_ipus > 1:  # embeddings, layers over the IPUs, heads back on IPU 0: n + 1 forward stages
+        need = 2 * (n_ipus + 1) - 1
+        if cfg.train.gradient_accumulation < need:
+            fail("train.gradient_accumulation", f"{cfg.train.gradient_accumulation} is too small for a pipeline "
+                 f"over {n_ipus} IPUs: {n_ipus + 1} forward stages need at least 2 x {n_ipus + 1} - 1 = {need} "
+                 f"micro-batches per step (PopTorch's rule)")
     if cfg.optimizer.name not in ("adamw", "lamb"):
         fail("optimizer.name", f"'{cfg.optimizer.name}' cannot run on the IPU backends: PopART performs the "
              f"update on device and offers AdamW and LAMB (use adamw or lamb)")

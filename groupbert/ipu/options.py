@@ -2,6 +2,7 @@
 ``ipu_options.py``), and the matching PopTorch optimizer."""
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -9,7 +10,9 @@ import torch
 
 from groupbert.config import RunConfig
 from groupbert.ipu import poptorch
+from groupbert.training.optim import optimizer_kwargs
 from optimizers import param_groups
+from optimizers.registry import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ def build_options(cfg: RunConfig, training: bool = True):
         opts.enableExecutableCaching(ipu.executable_cache_dir)
     if cfg.runtime.backend == "ipu-model":                          # PopTorch's IPU Model (the emulator ignores it)
         opts.useIpuModel(True)
+    if hasattr(opts, "_emulator"):                                  # emulator only: the memory it enforces per IPU
+        opts._emulator.ipuMemoryBytes(int(ipu.ipu_memory_mb * 1e6))
     return opts
 
 
@@ -48,9 +53,13 @@ def build_ipu_optimizer(model: torch.nn.Module, cfg: RunConfig):
     o = cfg.optimizer
     groups = param_groups(model, o.weight_decay, decay_embeddings=o.decay_embeddings,
                           rotational_embeddings=o.rotational_embeddings, trust_ratio_vectors=o.trust_ratio_vectors)
-    betas = (o.beta1 if o.beta1 is not None else 0.9, o.beta2 if o.beta2 is not None else 0.999)
-    common = dict(lr=o.lr, betas=betas, eps=o.eps if o.eps is not None else 1e-6, weight_decay=o.weight_decay,
-                  bias_correction=o.bias_correction if o.bias_correction is not None else True,
+    # unset settings take the defaults of our own AdamW / LAMB, so both backends run the same recipe
+    cls, _ = resolve(o.name)
+    default = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()}
+    host = optimizer_kwargs(o)
+    common = dict(lr=o.lr, betas=host.get("betas", default["betas"]), eps=host.get("eps", default["eps"]),
+                  weight_decay=o.weight_decay,
+                  bias_correction=host.get("bias_correction", default["bias_correction"]),
                   loss_scaling=cfg.ipu.loss_scaling)
     for g in groups:  # PopTorch optimizers take only their own group keys
         trust_ratio = g.pop("trust_ratio")

@@ -10,6 +10,7 @@ the same order, so the two paths train on the same samples.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -118,12 +119,17 @@ class IPUStepper:
         combined = {k: torch.cat([b[k] for b in micro]) for k in BATCH_KEYS}
         lr = self.optimizer.param_groups[0]["lr"]
         mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n, loss = (float(t.sum()) for t in self.executor(**combined))
-        # PopTorch changes hyperparameters per host call: advance the schedule, then upload it
-        for _ in range(self.steps_per_call):
-            self.schedule.step()
+        # PopTorch changes hyperparameters per host call: advance the schedule, then upload it. The host
+        # optimizer never steps (PopART updates on device), which LambdaLR would warn about.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for _ in range(self.steps_per_call):
+                self.schedule.step()
         self.executor.setOptimizer(self.optimizer)
         return StepResult(Sums(loss, mlm, nsp, n_micro, mlm_ok, mlm_n, nsp_ok, nsp_n), lr)
 
     def sync_to_host(self) -> None:
-        """Weights (and, through the optimizer object, its state) back on the host for eval/checkpoints."""
-        self.executor.copyWeightsToHost()
+        """Weights (and, through the optimizer object, its state) back on the host for eval/checkpoints.
+        Before the first call nothing has left the host (and PopTorch refuses to copy)."""
+        if self.executor.isCompiled():
+            self.executor.copyWeightsToHost()

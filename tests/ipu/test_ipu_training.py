@@ -1,0 +1,93 @@
+"""The application's IPU code path on the emulator: pipelined GroupBERT trained through PopTorch's
+trainingModel equals plain CPU training on the same samples (Mean reduction)."""
+import json
+
+import pytest
+import torch
+
+from groupbert.config import ConfigError, load_config
+from groupbert.training.checkpoint import read_checkpoint
+from groupbert.training.pretrain import pretrain
+from safetensors.torch import load_file
+
+TINY = ["model.hidden_size=32", "model.num_layers=4", "model.num_heads=2", "model.intermediate_size=64",
+        "data.seq_len=64", "data.max_predictions=10", "data.max_documents=8", "data.validation_fraction=0.2",
+        "train.micro_batch_size=2", "train.checkpoint_every=0", "train.eval_batches=2",
+        "schedule.name=constant", "schedule.warmup=0", "logging.progress_bar=false", "runtime.threads=2"]
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(None, TINY + [f"data.cache_dir={tmp_path / 'cache'}", *extra])
+
+
+def _records(run, kind):
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == kind]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
+def test_emulated_pipeline_equals_plain_training(tmp_path, optimizer):
+    common = [f"optimizer.name={optimizer}", "optimizer.lr=2e-3", "train.max_steps=4", "train.gradient_accumulation=9",
+              "ipu.replication_factor=2", "logging.log_every=2", "train.max_grad_norm=0"]
+    ipu_run, cpu_run = tmp_path / "ipu", tmp_path / "cpu"
+    pretrain(_cfg(tmp_path, *common, "runtime.backend=ipu-model", "ipu.device_iterations=2",
+                  "ipu.layers_per_ipu=[1,1,1,1]"), ipu_run)
+    pretrain(_cfg(tmp_path, *common, "runtime.backend=cpu"), cpu_run)
+
+    a = load_file(str(read_checkpoint(ipu_run).path / "model.safetensors"))
+    b = load_file(str(read_checkpoint(cpu_run).path / "model.safetensors"))
+    assert a.keys() == b.keys()
+    initial = None
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    la = [r["loss"] for r in _records(ipu_run, "train")]
+    lb = [r["loss"] for r in _records(cpu_run, "train")]
+    assert la == pytest.approx(lb, rel=1e-5)
+    assert len(la) == 2 and initial is None
+    assert _records(ipu_run, "eval")[-1]["eval_mlm_loss"] == pytest.approx(
+        _records(cpu_run, "eval")[-1]["eval_mlm_loss"], rel=1e-5)
+
+
+def test_ipu_backend_rules_are_checked_at_config_load():
+    with pytest.raises(ConfigError, match="multiple of ipu.device_iterations"):
+        load_config(None, ["runtime.backend=ipu-model", "ipu.device_iterations=3", "train.max_steps=10"])
+    with pytest.raises(ConfigError, match="cannot run on the IPU") as e:
+        load_config(None, ["runtime.backend=ipu-model", "optimizer.name=lion"])
+    assert e.value.key == "optimizer.name"
+    with pytest.raises(ConfigError, match="no gradient clipping"):
+        load_config(None, ["runtime.backend=ipu-model", "optimizer.name=lamb"])
+    with pytest.raises(ConfigError, match="at least 2 x 5 - 1 = 9") as e:
+        load_config(None, ["runtime.backend=ipu-model", "ipu.layers_per_ipu=[3,3,3,3]",
+                           "train.gradient_accumulation=4"])
+    assert e.value.key == "train.gradient_accumulation"
+
+
+def test_hardware_backend_without_an_ipu_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="ipu-model"):
+        pretrain(_cfg(tmp_path, "runtime.backend=ipu", "train.max_steps=1"), tmp_path / "x")
+
+
+def test_ipu_run_resumes_exactly(tmp_path):
+    extra = ["runtime.backend=ipu-model", "ipu.device_iterations=2", "ipu.layers_per_ipu=[2,2]",
+             "train.gradient_accumulation=5", "train.max_steps=6", "train.checkpoint_every=2",
+             "logging.log_every=2"]
+    full = tmp_path / "full"
+    pretrain(_cfg(tmp_path, *extra), full)
+    import shutil
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-2", cut / "checkpoints" / "step-2")
+    (cut / "checkpoints" / "latest").write_text("step-2\n")
+    shutil.copy(full / "config.yaml", cut / "config.yaml")
+    pretrain(_cfg(tmp_path, *extra), cut, resume=True)
+    a = {r["step"]: r["loss"] for r in _records(full, "train")}
+    b = {r["step"]: r["loss"] for r in _records(cut, "train")}
+    assert b[4] == pytest.approx(a[4], rel=1e-6) and b[6] == pytest.approx(a[6], rel=1e-6)
+
+
+def test_a_model_too_big_for_its_ipus_fails_naming_the_ipu(tmp_path):
+    from groupbert.ipu.emulator.errors import OutOfMemoryError
+    with pytest.raises(OutOfMemoryError, match="IPU"):
+        pretrain(_cfg(tmp_path, "runtime.backend=ipu-model", "ipu.layers_per_ipu=[2,2]", "train.max_steps=1",
+                      "train.gradient_accumulation=5", "ipu.ipu_memory_mb=2", "train.eval_at_start=false"),
+                 tmp_path / "oom")
+    assert not (tmp_path / "oom" / "checkpoints").exists()
