@@ -4,8 +4,8 @@ application uses, with PopTorch's names, signatures and semantics (SDK 3.x), run
 ``from groupbert.ipu import poptorch`` returns the real module when the Poplar SDK is installed and this
 package otherwise. What it covers (details and sources in each module):
 
-- :mod:`.options`: ``Options`` and its ``Training``/``Precision``/``TensorLocations``/``Distributed``/
-  ``Jit``/``_Popart`` parts; chainable setters; frozen once used;
+- :mod:`.options`, :mod:`._options_impl`: ``Options`` and its ``Training``/``Precision``/
+  ``TensorLocations``/``Distributed``/``Jit``/``_Popart`` parts; chainable setters; frozen once used;
 - :mod:`.executor`: ``trainingModel``/``inferenceModel`` → ``PoplarExecutor``: batching over device
   iterations, gradient accumulation and replicas, Mean/Sum reduction, one optimizer update per device
   iteration, ``OutputMode`` shapes, ``setOptimizer`` semantics, PopTorch's error messages;

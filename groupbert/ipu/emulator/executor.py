@@ -373,7 +373,7 @@ class PoplarExecutor:
             raise Error("poptorch.Options().deviceIterations must be greater than or equal to the number of "
                         f"pipeline stages ({n}) when using PopTorch.PipelinedExecution.")
 
-    def _pick_loss(self, out, losses) -> torch.Tensor:
+    def _pick_loss(self, leaves: List[Any], losses) -> torch.Tensor:
         kind, index = self._loss_rule
         if kind == "identity":
             identity = [t for t, _, k in losses if k == "identity"]
@@ -381,7 +381,7 @@ class PoplarExecutor:
                 raise Error("The model called poptorch.identity_loss a different number of times than when "
                             "it was compiled")
             return identity[index]
-        return pytree.tree_flatten(out)[0][index]
+        return leaves[index]
 
     def _run(self, batches: MicroBatches):
         o = self._options
@@ -423,11 +423,11 @@ class PoplarExecutor:
                     for g in range(batches.groups):
                         losses.clear()
                         args, kwargs = batches.get(d, a, g)
-                        out = self._model(*args, **kwargs)
-                        loss = self._pick_loss(out, losses)
+                        leaves, spec = pytree.tree_flatten(self._model(*args, **kwargs))
+                        loss = self._pick_loss(leaves, losses)
                         loss = loss.sum() if loss.dim() else loss  # "none" losses: gradient of ones
                         (loss * (scale * copies[g] * loss_scaling)).backward()
-                        outs.append(self._flat(out))
+                        outs.append(([t.detach() if isinstance(t, torch.Tensor) else t for t in leaves], spec))
                     per_batch.extend(outs[owner[r]] for r in range(replicas))
                 self._update(params, extra, loss_scaling)
 

@@ -1,4 +1,6 @@
-"""``poptorch.Options`` and its sub-objects, with PopTorch's setters, defaults and freezing.
+"""``poptorch.Options``, with PopTorch's setters, defaults and freezing (its sub-objects
+``Training``, ``Precision``, ``TensorLocations``, ``Distributed``, ``Jit``, ``_Popart`` are in
+:mod:`._options_impl`).
 
 Follows graphcore/poptorch:python/options.py and python/_options_impl.py (``OptionsDict``):
 

@@ -67,7 +67,7 @@ class BlockInfo:
 
 @dataclasses.dataclass
 class Placement:
-    """What the compile trace found: the executor exposes it as ``stages``, ``blocks``, ``num_ipus``."""
+    """What the compile trace found: the executor exposes it as ``stages``, ``block_placements``, ``num_ipus``."""
     regions: List[Region]
     stages: List[StageInfo]
     blocks: List[BlockInfo]
