@@ -38,7 +38,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--gradient-accumulation", type=int, default=8)
+    p.add_argument("--gradient-accumulation", type=int, default=10)
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                      "emulator.json"))

@@ -122,7 +122,7 @@ class IPUStepper:
         # PopTorch changes hyperparameters per host call: advance the schedule, then upload it. The host
         # optimizer never steps (PopART updates on device), which LambdaLR would warn about.
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             for _ in range(self.steps_per_call):
                 self.schedule.step()
         self.executor.setOptimizer(self.optimizer)
