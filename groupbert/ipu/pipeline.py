@@ -1,4 +1,4 @@
-"""Pipelining GroupBERT / BERT over IPUs: ``parallelize`` and ``deparallelize``.
+"""Pipelining GroupBERT / BERT (and GPT-2) over IPUs: ``parallelize`` and ``deparallelize``.
 
 Placement as Graphcore's BERT app (graphcore/examples nlp/bert/pytorch ``modeling.py``): the embeddings
 on IPU 0; encoder layers split by ``layers_per_ipu`` (``[0, 4, 4, 4]`` leaves IPU 0 to the embeddings and
@@ -23,7 +23,10 @@ def layer_ipus(layers_per_ipu: list[int]) -> list[int]:
 
 
 def parallelize(model: nn.Module, layers_per_ipu: list[int] | None, recompute: bool = True) -> nn.Module:
-    """Annotate ``model`` (``BertForPreTraining`` / ``GroupBertForPreTraining``) in place; returns it."""
+    """Annotate ``model`` (``BertForPreTraining`` / ``GroupBertForPreTraining`` / ``GPT2LMHeadModel``) in
+    place; returns it."""
+    if hasattr(model, "transformer"):
+        return _parallelize_gpt2(model, layers_per_ipu, recompute)
     layers = model.bert.encoder.layer
     layers_per_ipu = list(layers_per_ipu or [len(layers)])
     if sum(layers_per_ipu) != len(layers):
@@ -39,6 +42,28 @@ def parallelize(model: nn.Module, layers_per_ipu: list[int] | None, recompute: b
         logger.info("Encoder %-3d --> IPU %d", i, ipu)
     poptorch.BeginBlock(model.bert.pooler, "Heads", ipu_id=0)
     logger.info("Pooler, MLM and NSP heads --> IPU 0")
+    model._ipu_recompute_hooks = hooks
+    return model
+
+
+def _parallelize_gpt2(model: nn.Module, layers_per_ipu: list[int] | None, recompute: bool) -> nn.Module:
+    """GPT-2 as Graphcore's GPT-2 app: token/position embeddings on IPU 0, blocks split by
+    ``layers_per_ipu``, final LayerNorm and the tied LM head back on IPU 0."""
+    blocks = model.transformer.h
+    layers_per_ipu = list(layers_per_ipu or [len(blocks)])
+    if sum(layers_per_ipu) != len(blocks):
+        raise ValueError(f"ipu.layers_per_ipu {layers_per_ipu} places {sum(layers_per_ipu)} layers but the "
+                         f"model has {len(blocks)}")
+    hooks = []
+    poptorch.BeginBlock(model.transformer.wte, "Embedding", ipu_id=0)
+    logger.info("Embedding  --> IPU 0")
+    for i, (block, ipu) in enumerate(zip(blocks, layer_ipus(layers_per_ipu))):
+        poptorch.BeginBlock(block, f"Layer{i}", ipu_id=ipu)
+        if recompute:
+            hooks.append(block.register_forward_hook(_recompute_hook))
+        logger.info("Layer %-3d --> IPU %d", i, ipu)
+    poptorch.BeginBlock(model.transformer.ln_f, "LMHead", ipu_id=0)
+    logger.info("ln_f and tied LM head --> IPU 0")
     model._ipu_recompute_hooks = hooks
     return model
 
