@@ -66,7 +66,7 @@ class ModelConfig:
     def eps(self) -> float:
         if self.layer_norm_eps is not None:
             return self.layer_norm_eps
-        return 1e-3 if self.type == "groupbert" else 1e-12
+        return {"groupbert": 1e-3, "gpt2": 1e-5}.get(self.type, 1e-12)
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""Model zoo: BERT (Hugging Face names) and GroupBERT, and ``build_model`` choosing by ``model.type``."""
+"""Model zoo: BERT (Hugging Face names), GroupBERT and GPT-2, and ``build_model`` for MLM + NSP pretraining.
+
+GPT-2 (``groupbert.models.gpt2``) is a causal LM with its own batch format; it is constructed directly
+(``GPT2LMHeadModel(config)``) until causal-LM pretraining lands in the training loop."""
 from torch import nn
 
 from groupbert.config import ModelConfig
@@ -14,6 +17,7 @@ from groupbert.models.bert import (
     padding_mask,
     to_hf_config,
 )
+from groupbert.models.gpt2 import CausalLMOutput, GPT2LMHeadModel, GPT2Model
 from groupbert.models.groupbert import (
     GroupBertConv,
     GroupBertForPreTraining,
@@ -38,7 +42,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 __all__ = [
-    "BertForPreTraining", "BertModel", "BertPreTrainingHeads", "EncoderOutput", "GroupBertConv",
+    "BertForPreTraining", "BertModel", "BertPreTrainingHeads", "CausalLMOutput", "EncoderOutput",
+    "GPT2LMHeadModel", "GPT2Model", "GroupBertConv",
     "GroupBertForPreTraining", "GroupBertGroupedFFN", "GroupBertLayer", "GroupBertModel", "GroupedLinear",
     "PRETRAINING_MODELS", "PreTrainingOutput", "additive_attention_mask", "build_model", "from_hf_config",
     "load_hf_state_dict", "padding_mask", "to_hf_config",

@@ -166,7 +166,7 @@ class GPT2Model(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         """[B, T] token ids (T <= max_positions) -> [B, T, H] final hidden states."""
-        B, T = input_ids.shape
+        T = input_ids.size(1)
         if T > self.config.max_positions:
             raise ValueError(f"sequence length {T} exceeds model.max_positions ({self.config.max_positions})")
         positions = torch.arange(T, device=input_ids.device)
@@ -309,7 +309,7 @@ def load_hf_state_dict(model: nn.Module, state_dict: dict, strict: bool = True) 
             continue
         if key.endswith(TRANSPOSED) and value.dim() == 2:
             value = value.t()
-        key = prefix + (key[len("transformer."):] if key.startswith("transformer.") else key)
+        key = prefix + key.removeprefix("transformer.")
         renamed[key] = value
 
     missing = sorted(k for k in own.keys() - renamed.keys() if k != "lm_head.weight")
