@@ -132,6 +132,20 @@ class ScheduleConfig:
 
 
 @dataclass
+class SquadConfig:
+    """SQuAD v1.1 fine-tuning (``run_squad.py``); sequence length is ``data.seq_len`` (384 in the recipes)."""
+    train_file: Optional[str] = None             # None: the shipped groupbert/squad/data/wiki_qa_train.json; a path (nested v1.1 or flattened JSON/JSONL) or hf:squad
+    dev_file: Optional[str] = None               # None: the shipped wiki_qa_dev.json; hf:squad takes its validation split
+    doc_stride: int = _f(128, gt=0)              # tokens shared by consecutive windows (HF run_qa overlap semantics)
+    max_query_length: int = _f(64, gt=0)         # question tokens kept (google-research/bert run_squad)
+    n_best: int = _f(20, gt=0)                   # start/end candidates per feature in post-processing
+    max_answer_length: int = _f(30, gt=0)        # tokens; longer spans are never predicted
+    epochs: Optional[float] = _f(2.0, gt=0.0)    # training length in passes over the features; None: train.max_steps
+    max_train_examples: Optional[int] = _f(None, gt=0)  # cap for quick experiments
+    max_dev_examples: Optional[int] = _f(None, gt=0)
+
+
+@dataclass
 class IPUConfig:
     """Execution on Graphcore IPUs (``runtime.backend: ipu | ipu-model``), as Graphcore's BERT apps set it."""
     layers_per_ipu: Optional[list[int]] = None   # pipeline split of the encoder, e.g. [1, 3, 4, 4]; None: one IPU
@@ -178,6 +192,7 @@ class RunConfig:
     optimizer: OptimizerConfig = _f(factory=OptimizerConfig)
     schedule: ScheduleConfig = _f(factory=ScheduleConfig)
     ipu: IPUConfig = _f(factory=IPUConfig)
+    squad: SquadConfig = _f(factory=SquadConfig)
     logging: LoggingConfig = _f(factory=LoggingConfig)
     runtime: RuntimeConfig = _f(factory=RuntimeConfig)
 

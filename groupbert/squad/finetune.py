@@ -1,0 +1,244 @@
+"""SQuAD v1.1 fine-tuning on CPU / CUDA: data, QA model, optimizer, loop, checkpoints, evaluation.
+
+The run contract is pretraining's (``groupbert.training.pretrain``): ``config.yaml``, ``metrics.jsonl`` and
+W&B through :class:`RunLog`, atomic ``checkpoints/step-N/`` with optimizer, RNG and data position so that
+``--resume`` continues exactly. Training length is ``squad.epochs`` passes over the training features
+(``ceil(epochs x features / global batch)`` optimizer steps; ``squad.epochs: null`` uses
+``train.max_steps``), with ``schedule.warmup`` as a fraction of those steps. At the end the dev set is
+evaluated: ``predictions.json`` (question id -> answer) and ``eval_results.json`` (``exact_match``, ``f1``
+in percent, official v1.1 semantics, plus the first-sentence baseline's scores for comparison).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import platform
+import random
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from groupbert.config import ConfigError, RunConfig, save_config
+from groupbert.data import bundled_vocab_file, load_wordpiece, split_sentences, vocab_fingerprint
+from groupbert.data.loader import EpochBatches
+from groupbert.models.qa import BertForQuestionAnswering, load_qa_init
+from groupbert.squad.dataset import load_squad
+from groupbert.squad.evaluate import score
+from groupbert.squad.features import Features, build_features
+from groupbert.squad.postprocess import postprocess_predictions, write_predictions
+from groupbert.training import checkpoint as ckpt_io
+from groupbert.training.checkpoint import CheckpointError
+from groupbert.training.optim import build_optimizer
+from groupbert.training.pretrain import _git_commit, select_device
+from groupbert.training.run_log import RunLog
+from optimizers import build_schedule
+
+logger = logging.getLogger(__name__)
+
+QA_KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
+
+
+def training_steps(cfg: RunConfig, n_features: int) -> int:
+    if cfg.squad.epochs is None:
+        return cfg.train.max_steps
+    return max(1, math.ceil(cfg.squad.epochs * n_features / cfg.global_batch_size))
+
+
+def first_sentence_baseline(examples: list[dict]) -> dict[str, str]:
+    """The trivial reader: answer every question with the first sentence of its context."""
+    out = {}
+    for ex in examples:
+        sentences = split_sentences(ex["context"])
+        out[ex["id"]] = sentences[0] if sentences else ex["context"]
+    return out
+
+
+def _check_squad_config(cfg: RunConfig) -> None:
+    s, d = cfg.squad, cfg.data
+    room = d.seq_len - s.max_query_length - 3
+    if room <= s.doc_stride:
+        raise ConfigError(f"{s.doc_stride} leaves no progress between windows: data.seq_len {d.seq_len} - "
+                          f"squad.max_query_length {s.max_query_length} - 3 = {room} context tokens must exceed "
+                          f"it", key="squad.doc_stride")
+    if cfg.runtime.backend in ("ipu", "ipu-model"):
+        raise ConfigError("SQuAD fine-tuning runs on cpu or cuda only for now (the IPU path of run_squad is "
+                          "not implemented)", key="runtime.backend")
+
+
+@torch.no_grad()
+def predict_logits(model, features: Features, batch_size: int, device, autocast) -> tuple[np.ndarray, np.ndarray]:
+    was_training = model.training
+    model.eval()
+    starts, ends = [], []
+    cols = features.model_inputs(with_labels=False)
+    for i in range(0, len(features), batch_size):
+        batch = {k: torch.from_numpy(v[i:i + batch_size]).to(device) for k, v in cols.items()}
+        with autocast():
+            out = model(**batch)
+        starts.append(out.start_logits.float().cpu().numpy())
+        ends.append(out.end_logits.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(starts), np.concatenate(ends)
+
+
+def evaluate_dev(model, examples, features, cfg: RunConfig, device, autocast) -> tuple[dict, dict]:
+    """(predictions, scores) on the dev examples."""
+    s = cfg.squad
+    start_logits, end_logits = predict_logits(model, features, cfg.train.micro_batch_size, device, autocast)
+    predictions = postprocess_predictions(examples, features, start_logits, end_logits, s.n_best,
+                                          s.max_answer_length)
+    references = {ex["id"]: ex["answers"]["text"] for ex in examples}
+    return predictions, score(references, predictions)
+
+
+def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> dict:
+    """Fine-tune (or continue, with ``resume``) on SQuAD; returns the contents of ``eval_results.json``."""
+    _check_squad_config(cfg)
+    run_dir = Path(output_dir)
+    if not resume and ckpt_io.has_checkpoint(run_dir):
+        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume {run_dir} to continue it "
+                          f"or choose another --output-dir")
+    resume_ckpt = ckpt_io.read_checkpoint(run_dir) if resume else None
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    device = select_device(cfg.runtime.backend)
+    use_bf16 = cfg.runtime.precision == "bf16" or (cfg.runtime.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+
+    # ---- data ----
+    s, d = cfg.squad, cfg.data
+    vocab_file = Path(d.vocab_file) if d.vocab_file else bundled_vocab_file()
+    tokenizer = load_wordpiece(vocab_file, lowercase=d.lowercase)
+    if tokenizer.get_vocab_size() > cfg.model.vocab_size:
+        raise ConfigError(f"the vocabulary {vocab_file} has {tokenizer.get_vocab_size()} tokens but the model's "
+                          f"embedding table has {cfg.model.vocab_size}", key="model.vocab_size")
+    vocab_digest = vocab_fingerprint(vocab_file)
+    train_examples, train_report = load_squad(s.train_file, "train", s.max_train_examples)
+    dev_examples, dev_report = load_squad(s.dev_file, "dev", s.max_dev_examples)
+    feat_args = dict(seq_len=d.seq_len, doc_stride=s.doc_stride, max_query_length=s.max_query_length)
+    train_features = build_features(train_examples, tokenizer, training=True, **feat_args)
+    dev_features = build_features(dev_examples, tokenizer, training=False, **feat_args)
+    import datasets  # the Arrow table gives EpochBatches its resumable, seeded order
+    train_set = datasets.Dataset.from_dict({k: v for k, v in train_features.model_inputs(True).items()})
+    total_steps = training_steps(cfg, len(train_features))
+    w = cfg.schedule.warmup
+    warmup_steps = int(round(w * total_steps)) if w < 1 else min(int(w), total_steps)
+    logger.info("SQuAD: %d train questions -> %d features, %d dev questions -> %d features; %d steps "
+                "(%d warmup) of %d sequences x %d tokens", len(train_examples), len(train_features),
+                len(dev_examples), len(dev_features), total_steps, warmup_steps, cfg.global_batch_size, d.seq_len)
+
+    # ---- model, optimizer ----
+    model = BertForQuestionAnswering(cfg.model)
+    n_params = sum(p.numel() for p in model.parameters())
+    init_from = None
+    if cfg.model.init_checkpoint and resume_ckpt is None:
+        init_from = load_qa_init(model, cfg.model.init_checkpoint, vocab_digest)
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg.optimizer)
+    try:
+        batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
+    except ValueError as e:
+        raise ConfigError(str(e), key="train.micro_batch_size") from None
+    step, run_id = 0, uuid.uuid4().hex[:8]
+    if resume_ckpt is not None:
+        if resume_ckpt.state.get("task") != "squad":
+            raise CheckpointError(f"{resume_ckpt.path} is not a SQuAD fine-tuning checkpoint")
+        ckpt_io.load_model_weights(model, resume_ckpt)
+        ckpt_io.load_optimizer_state(optimizer, resume_ckpt)
+        try:
+            batches.load_state_dict(resume_ckpt.state["data"])
+        except ValueError as e:
+            raise CheckpointError(f"{resume_ckpt.path}: {e}") from None
+        ckpt_io.restore_rng(resume_ckpt)
+        step, run_id = resume_ckpt.step, resume_ckpt.state.get("run_id", run_id)
+        logger.info("resuming %s from step %d", run_dir, step)
+    schedule = build_schedule(optimizer, name=cfg.schedule.name, warmup_steps=warmup_steps, total_steps=total_steps,
+                              warmup_power=cfg.schedule.warmup_power, decay_power=cfg.schedule.decay_power,
+                              end_lr_ratio=cfg.schedule.end_lr_ratio,
+                              cooldown_fraction=cfg.schedule.cooldown_fraction, last_step=step)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    run_log = RunLog(run_dir, cfg, run_id, resume_step=step if resume_ckpt is not None else None)
+    if resume_ckpt is None:
+        run_log.log({"step": 0, "kind": "run", "task": "squad", "parameters": n_params, "device": str(device),
+                     "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
+                     "init_checkpoint": init_from, "total_steps": total_steps, "warmup_steps": warmup_steps,
+                     "train_features": len(train_features), "dev_features": len(dev_features),
+                     "train_data": train_report.as_dict(), "dev_data": dev_report.as_dict()})
+
+    def save(at_step: int) -> None:
+        ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
+            "task": "squad", "run_id": run_id, "data": batches.state_dict(), "model_config": asdict(cfg.model),
+            "vocab_sha256": vocab_digest, "vocab_file": str(vocab_file), "scheduler_step": at_step},
+            keep=cfg.train.keep_checkpoints)
+
+    ga = cfg.micro_batches_per_step
+    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
+    exit_code, saved_step = 1, None
+    try:
+        bar = tqdm(total=total_steps, initial=step, disable=not cfg.logging.progress_bar, desc="squad",
+                   unit="step", dynamic_ncols=True)
+        loss_sum, n_micro, t_window, samples = 0.0, 0, 0.0, 0
+        while step < total_steps:
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            for _ in range(ga):
+                batch = {k: v.to(device) for k, v in next(batches).items() if k in QA_KEYS}
+                with autocast():
+                    out = model(**batch)
+                (out.loss / ga).backward()
+                loss_sum, n_micro = loss_sum + float(out.loss.detach()), n_micro + 1
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            schedule.step()
+            step += 1
+            t_window += time.perf_counter() - t0
+            samples += cfg.global_batch_size
+            last_loss = loss_sum / max(n_micro, 1)
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"loss became {last_loss} at step {step}; lower optimizer.lr")
+            if step % cfg.logging.log_every == 0 or step == total_steps:
+                run_log.log({"step": step, "kind": "train", "loss": last_loss, "lr": lr, "grad_norm": grad_norm,
+                             "epoch": batches.epoch + batches.batch / len(batches),
+                             "samples_per_s": samples / max(t_window, 1e-9)})
+                bar.set_postfix(loss=f"{last_loss:.3f}")
+                loss_sum, n_micro, t_window, samples = 0.0, 0, 0.0, 0
+            bar.update(1)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                save(step)
+                saved_step = step
+        bar.close()
+        if saved_step != step and (resume_ckpt is None or step > resume_ckpt.step):
+            save(step)
+
+        t = time.perf_counter()
+        predictions, scores = evaluate_dev(model, dev_examples, dev_features, cfg, device, autocast)
+        eval_seconds = time.perf_counter() - t
+        references = {ex["id"]: ex["answers"]["text"] for ex in dev_examples}
+        baseline = score(references, first_sentence_baseline(dev_examples))
+        write_predictions(predictions, run_dir / "predictions.json")
+        results = {"exact_match": scores["exact_match"], "f1": scores["f1"], "step": step,
+                   "dev_questions": len(dev_examples), "dev_features": len(dev_features),
+                   "baseline_first_sentence": baseline, "dev_file": dev_report.source,
+                   "eval_seconds": eval_seconds, "dev_sequences_per_s": len(dev_features) / max(eval_seconds, 1e-9)}
+        (run_dir / "eval_results.json").write_text(json.dumps(results, indent=1) + "\n")
+        run_log.log({"step": step, "kind": "eval", "eval_exact_match": scores["exact_match"],
+                     "eval_f1": scores["f1"], "baseline_exact_match": baseline["exact_match"],
+                     "baseline_f1": baseline["f1"], "eval_seconds": eval_seconds})
+        logger.info("dev: EM %.2f F1 %.2f (first-sentence baseline EM %.2f F1 %.2f) over %d questions",
+                    scores["exact_match"], scores["f1"], baseline["exact_match"], baseline["f1"], len(dev_examples))
+        exit_code = 0
+    finally:
+        run_log.close(exit_code)
+    return results

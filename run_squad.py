@@ -1,0 +1,22 @@
+#!/usr/bin/env python3
+"""Fine-tune GroupBERT or BERT on SQuAD v1.1 and report the official exact match and F1.
+
+    python run_squad.py --config configs/squad/tiny_minilm.yaml
+    python run_squad.py --config configs/squad/groupbert_base.yaml \\
+        --set model.init_checkpoint=runs/groupbert_base_phase2
+    python run_squad.py --config configs/squad/tiny_minilm.yaml \\
+        --set squad.train_file=train-v1.1.json --set squad.dev_file=dev-v1.1.json
+    python -m groupbert.squad.evaluate dev-v1.1.json runs/squad_tiny_minilm/predictions.json
+"""
+import sys
+
+from groupbert.cli import main
+
+
+def _finetune(cfg, output_dir, resume):
+    from groupbert.squad.finetune import finetune
+    return finetune(cfg, output_dir, resume=resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main(__doc__.splitlines()[0], _finetune))

@@ -1,0 +1,60 @@
+"""End-to-end fine-tuning of a tiny random BERT on a handful of questions; the CLI's exit codes."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from groupbert.config import load_config
+from groupbert.squad.finetune import finetune
+from squad_fixtures import write_nested
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model.type=bert", "model.vocab_size=30522", "model.hidden_size=32", "model.num_layers=2",
+        "model.num_heads=4", "model.intermediate_size=37", "model.max_positions=64", "data.seq_len=64",
+        "squad.doc_stride=16", "squad.max_query_length=16", "squad.epochs=null", "train.max_steps=2",
+        "train.micro_batch_size=4", "logging.log_every=1", "logging.progress_bar=false",
+        "logging.wandb.mode=disabled", "runtime.backend=cpu", "train.checkpoint_every=1"]
+
+
+def test_tiny_finetune_and_resume(tmp_path):
+    data = write_nested(tmp_path / "squad.json")
+    overrides = TINY + [f"squad.train_file={data}", f"squad.dev_file={data}"]
+    cfg = load_config(None, overrides)
+    results = finetune(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    preds = json.loads((run / "predictions.json").read_text())
+    assert set(preds) == {f"q{i}" for i in range(1, 7)}
+    on_disk = json.loads((run / "eval_results.json").read_text())
+    assert set(on_disk) >= {"exact_match", "f1", "baseline_first_sentence"}
+    assert on_disk["exact_match"] == results["exact_match"] and 0 <= on_disk["f1"] <= 100
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]
+    assert (run / "config.yaml").exists() and (run / "checkpoints" / "step-2").is_dir()
+
+    # resume from step 1 with a longer run reproduces the uninterrupted step-2 loss
+    import shutil
+    shutil.rmtree(run / "checkpoints" / "step-2")
+    (run / "checkpoints" / "latest").write_text("step-1\n")
+    finetune(cfg, run, resume=True)
+    again = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    loss2 = [r["loss"] for r in records if r["kind"] == "train" and r["step"] == 2][0]
+    loss2_resumed = [r["loss"] for r in again if r["kind"] == "train" and r["step"] == 2][0]
+    assert abs(loss2 - loss2_resumed) < 1e-5
+
+
+def test_cli_bad_key_exits_2(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "run_squad.py"), "--config",
+                          str(ROOT / "configs/squad/tiny_minilm.yaml"), "--set", "squad.no_such_key=1",
+                          "--output-dir", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "squad.no_such_key" in out.stderr
+
+
+def test_cli_bad_data_exits_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    out = subprocess.run([sys.executable, str(ROOT / "run_squad.py"), "--config",
+                          str(ROOT / "configs/squad/tiny_minilm.yaml"), "--quiet",
+                          "--set", f"squad.train_file={bad}", "--set", "model.init_checkpoint=null",
+                          "--output-dir", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT,
+                         env={**__import__("os").environ, "WANDB_MODE": "disabled"})
+    assert out.returncode == 2 and "bad.json" in out.stderr
