@@ -25,7 +25,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from groupbert.data import load_wordpiece  # noqa: E402
-from groupbert.models.bert import from_hf_config  # noqa: E402
 from groupbert.models.qa import BertForQuestionAnswering, hf_model_config, load_qa_init, minilm_dir  # noqa: E402
 from groupbert.squad.dataset import load_squad  # noqa: E402
 from groupbert.squad.features import build_features  # noqa: E402

@@ -3,7 +3,7 @@
 Placement as Graphcore's BERT app (graphcore/examples nlp/bert/pytorch ``modeling.py``): the embeddings
 on IPU 0; encoder layers split by ``layers_per_ipu`` (``[0, 4, 4, 4]`` leaves IPU 0 to the embeddings and
 heads); pooler, tied MLM head and NSP back on IPU 0, which is why the options use
-``AutoStage.AutoIncrement``. A recomputation checkpoint after every layer keeps only layer inputs
+``AutoStage.AutoIncrement``; a SQuAD span head (no pooler) stays on the last layer's IPU. A recomputation checkpoint after every layer keeps only layer inputs
 stashed. Numerics are unchanged: blocks only say where things run.
 """
 from __future__ import annotations
@@ -40,8 +40,11 @@ def parallelize(model: nn.Module, layers_per_ipu: list[int] | None, recompute: b
         if recompute:
             hooks.append(layer.register_forward_hook(_recompute_hook))
         logger.info("Encoder %-3d --> IPU %d", i, ipu)
-    poptorch.BeginBlock(model.bert.pooler, "Heads", ipu_id=0)
-    logger.info("Pooler, MLM and NSP heads --> IPU 0")
+    if getattr(model.bert, "pooler", None) is not None:
+        poptorch.BeginBlock(model.bert.pooler, "Heads", ipu_id=0)
+        logger.info("Pooler, MLM and NSP heads --> IPU 0")
+    elif hasattr(model, "qa_outputs"):  # the SQuAD span head stays with the last layer: no extra stage
+        logger.info("QA span head --> IPU %d", len(layers_per_ipu) - 1)
     model._ipu_recompute_hooks = hooks
     return model
 

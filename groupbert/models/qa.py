@@ -17,7 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

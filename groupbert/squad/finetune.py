@@ -38,6 +38,7 @@ from groupbert.training.checkpoint import CheckpointError
 from groupbert.training.optim import build_optimizer
 from groupbert.training.pretrain import _git_commit, select_device
 from groupbert.training.run_log import RunLog
+from groupbert.training.steppers import QAIPUStepper
 from optimizers import build_schedule
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,6 @@ def _check_squad_config(cfg: RunConfig) -> None:
         raise ConfigError(f"{s.doc_stride} leaves no progress between windows: data.seq_len {d.seq_len} - "
                           f"squad.max_query_length {s.max_query_length} - 3 = {room} context tokens must exceed "
                           f"it", key="squad.doc_stride")
-    if cfg.runtime.backend in ("ipu", "ipu-model"):
-        raise ConfigError("SQuAD fine-tuning runs on cpu or cuda only for now (the IPU path of run_squad is "
-                          "not implemented)", key="runtime.backend")
 
 
 @torch.no_grad()
@@ -143,7 +141,22 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     if cfg.model.init_checkpoint and resume_ckpt is None:
         init_from = load_qa_init(model, cfg.model.init_checkpoint, vocab_digest)
     model.to(device).train()
-    optimizer = build_optimizer(model, cfg.optimizer)
+    on_ipu = cfg.runtime.backend in ("ipu", "ipu-model")
+    if on_ipu:
+        from groupbert.ipu import USING_EMULATOR, poptorch
+        from groupbert.ipu.options import build_ipu_optimizer, build_options
+        from groupbert.ipu.pipeline import parallelize
+        if cfg.runtime.backend == "ipu" and (USING_EMULATOR or not poptorch.ipuHardwareIsAvailable()):
+            raise ConfigError("runtime.backend ipu needs IPU hardware and the Poplar SDK's PopTorch; use "
+                              "ipu-model to run the same code path on the IPU Model or the built-in emulator",
+                              key="runtime.backend")
+        if total_steps % cfg.ipu.device_iterations:
+            raise ConfigError(f"{total_steps} fine-tuning steps are not a multiple of ipu.device_iterations "
+                              f"{cfg.ipu.device_iterations}", key="ipu.device_iterations")
+        parallelize(model, cfg.ipu.layers_per_ipu, recompute=cfg.ipu.recompute)
+        optimizer = build_ipu_optimizer(model, cfg)
+    else:
+        optimizer = build_optimizer(model, cfg.optimizer)
     try:
         batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
     except ValueError as e:
@@ -165,6 +178,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                               warmup_power=cfg.schedule.warmup_power, decay_power=cfg.schedule.decay_power,
                               end_lr_ratio=cfg.schedule.end_lr_ratio,
                               cooldown_fraction=cfg.schedule.cooldown_fraction, last_step=step)
+    ipu_stepper = QAIPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg)) if on_ipu else None
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -177,6 +191,8 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                      "train_data": train_report.as_dict(), "dev_data": dev_report.as_dict()})
 
     def save(at_step: int) -> None:
+        if ipu_stepper is not None:
+            ipu_stepper.sync_to_host()
         ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
             "task": "squad", "run_id": run_id, "data": batches.state_dict(), "model_config": asdict(cfg.model),
             "vocab_sha256": vocab_digest, "vocab_file": str(vocab_file), "scheduler_step": at_step},
@@ -191,20 +207,26 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         loss_sum, n_micro, t_window, samples = 0.0, 0, 0.0, 0
         while step < total_steps:
             t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            for _ in range(ga):
-                batch = {k: v.to(device) for k, v in next(batches).items() if k in QA_KEYS}
-                with autocast():
-                    out = model(**batch)
-                (out.loss / ga).backward()
-                loss_sum, n_micro = loss_sum + float(out.loss.detach()), n_micro + 1
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            schedule.step()
-            step += 1
+            if ipu_stepper is not None:  # device_iterations steps on the IPU (or the emulator)
+                loss, n, lr = ipu_stepper.run(batches)
+                loss_sum, n_micro, grad_norm = loss_sum + loss, n_micro + n, None
+                advanced = ipu_stepper.steps_per_call
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                for _ in range(ga):
+                    batch = {k: v.to(device) for k, v in next(batches).items() if k in QA_KEYS}
+                    with autocast():
+                        out = model(**batch)
+                    (out.loss / ga).backward()
+                    loss_sum, n_micro = loss_sum + float(out.loss.detach()), n_micro + 1
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                schedule.step()
+                advanced = 1
+            step += advanced
             t_window += time.perf_counter() - t0
-            samples += cfg.global_batch_size
+            samples += advanced * cfg.global_batch_size
             last_loss = loss_sum / max(n_micro, 1)
             if not math.isfinite(last_loss):
                 raise FloatingPointError(f"loss became {last_loss} at step {step}; lower optimizer.lr")
@@ -214,7 +236,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                              "samples_per_s": samples / max(t_window, 1e-9)})
                 bar.set_postfix(loss=f"{last_loss:.3f}")
                 loss_sum, n_micro, t_window, samples = 0.0, 0, 0.0, 0
-            bar.update(1)
+            bar.update(advanced)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                 save(step)
                 saved_step = step
@@ -223,6 +245,8 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
             save(step)
 
         t = time.perf_counter()
+        if ipu_stepper is not None:  # evaluation runs the host model
+            ipu_stepper.sync_to_host()
         predictions, scores = evaluate_dev(model, dev_examples, dev_features, cfg, device, autocast)
         eval_seconds = time.perf_counter() - t
         references = {ex["id"]: ex["answers"]["text"] for ex in dev_examples}

@@ -133,3 +133,44 @@ class IPUStepper:
         Before the first call nothing has left the host (and PopTorch refuses to copy)."""
         if self.executor.isCompiled():
             self.executor.copyWeightsToHost()
+
+
+class QAOnDevice(nn.Module):
+    """SQuAD span model on the IPU: only the loss crosses to the host."""
+
+    def __init__(self, model: nn.Module, poptorch):
+        super().__init__()
+        self.model, self._poptorch = model, poptorch
+
+    def forward(self, input_ids, token_type_ids, attention_mask, start_positions, end_positions):
+        out = self.model(input_ids, token_type_ids, attention_mask, start_positions, end_positions)
+        return self._poptorch.identity_loss(out.loss, reduction="none")
+
+
+class QAIPUStepper:
+    """``device_iterations`` SQuAD fine-tuning steps per host call through ``poptorch.trainingModel``."""
+
+    KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
+
+    def __init__(self, model, cfg, poptorch, optimizer, schedule, options):
+        self.cfg, self.optimizer, self.schedule = cfg, optimizer, schedule
+        self.steps_per_call = cfg.ipu.device_iterations
+        self.executor = poptorch.trainingModel(QAOnDevice(model, poptorch), options=options, optimizer=optimizer)
+
+    def run(self, batches) -> tuple[float, int, float]:
+        """Returns (sum of micro-batch losses, number of micro-batches, lr used)."""
+        n_micro = self.steps_per_call * self.cfg.micro_batches_per_step
+        micro = [next(batches) for _ in range(n_micro)]
+        combined = {k: torch.cat([b[k] for b in micro]) for k in self.KEYS}
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss = float(self.executor(**combined).sum())  # OutputMode.Sum: summed over the host call
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for _ in range(self.steps_per_call):
+                self.schedule.step()
+        self.executor.setOptimizer(self.optimizer)
+        return loss, n_micro, lr
+
+    def sync_to_host(self) -> None:
+        if self.executor.isCompiled():
+            self.executor.copyWeightsToHost()

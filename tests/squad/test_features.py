@@ -1,5 +1,4 @@
 """Windows, offsets and labels: answers at window edges, answers outside every window -> [CLS]."""
-import numpy as np
 import pytest
 
 from groupbert.data import load_wordpiece

@@ -58,3 +58,28 @@ def test_cli_bad_data_exits_2(tmp_path):
                           "--output-dir", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT,
                          env={**__import__("os").environ, "WANDB_MODE": "disabled"})
     assert out.returncode == 2 and "bad.json" in out.stderr
+
+
+def test_ipu_emulator_finetune_equals_cpu(tmp_path):
+    """run_squad's IPU path (pipelined over 2 IPUs, device iterations 2, GA 5, 2 replicas) on the emulator
+    ends with the same weights and dev predictions as CPU fine-tuning on the same samples."""
+    import torch
+    from safetensors.torch import load_file
+
+    from groupbert.training.checkpoint import read_checkpoint
+    data = write_nested(tmp_path / "squad.json")
+    replaced = ("runtime.backend", "train.micro_batch_size", "logging.log_every", "train.checkpoint_every")
+    common = [o for o in TINY if not o.startswith(replaced)] + [
+        f"squad.train_file={data}", f"squad.dev_file={data}", "train.micro_batch_size=1",
+        "train.gradient_accumulation=5", "ipu.replication_factor=2", "train.checkpoint_every=2",
+        "logging.log_every=2", "train.max_grad_norm=0", "schedule.name=constant", "schedule.warmup=0",
+        "optimizer.eps=1e-6"]
+    finetune(load_config(None, common + ["runtime.backend=cpu"]), tmp_path / "cpu")
+    finetune(load_config(None, common + ["runtime.backend=ipu-model", "ipu.device_iterations=2",
+                                         "ipu.layers_per_ipu=[1,1]"]), tmp_path / "ipu")
+    a = load_file(str(read_checkpoint(tmp_path / "cpu").path / "model.safetensors"))
+    b = load_file(str(read_checkpoint(tmp_path / "ipu").path / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5, msg=k)
+    assert json.loads((tmp_path / "cpu" / "predictions.json").read_text()) == \
+        json.loads((tmp_path / "ipu" / "predictions.json").read_text())
