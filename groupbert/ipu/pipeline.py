@@ -23,50 +23,35 @@ def layer_ipus(layers_per_ipu: list[int]) -> list[int]:
 
 
 def parallelize(model: nn.Module, layers_per_ipu: list[int] | None, recompute: bool = True) -> nn.Module:
-    """Annotate ``model`` (``BertForPreTraining`` / ``GroupBertForPreTraining`` / ``GPT2LMHeadModel``) in
-    place; returns it."""
-    if hasattr(model, "transformer"):
-        return _parallelize_gpt2(model, layers_per_ipu, recompute)
-    layers = model.bert.encoder.layer
+    """Annotate ``model`` (``BertForPreTraining`` / ``GroupBertForPreTraining`` / ``BertForQuestionAnswering``
+    / ``GPT2LMHeadModel``) in place; returns it."""
+    if hasattr(model, "transformer"):  # GPT-2, as Graphcore's GPT-2 app: ln_f and the tied LM head on IPU 0
+        head, head_name = model.transformer.ln_f, "ln_f and tied LM head"
+        return _place(model, model.transformer.wte, model.transformer.h, head, head_name, layers_per_ipu, recompute)
+    if getattr(model.bert, "pooler", None) is not None:  # pretraining: pooler, MLM and NSP back on IPU 0
+        head, head_name = model.bert.pooler, "pooler, MLM and NSP heads"
+    else:  # the SQuAD span head (no pooler) stays with the last layer: no extra stage
+        head, head_name = None, "QA span head"
+    return _place(model, model.bert.embeddings, model.bert.encoder.layer, head, head_name, layers_per_ipu, recompute)
+
+
+def _place(model: nn.Module, embeddings: nn.Module, layers: nn.ModuleList, head: nn.Module | None, head_name: str,
+           layers_per_ipu: list[int] | None, recompute: bool) -> nn.Module:
     layers_per_ipu = list(layers_per_ipu or [len(layers)])
     if sum(layers_per_ipu) != len(layers):
         raise ValueError(f"ipu.layers_per_ipu {layers_per_ipu} places {sum(layers_per_ipu)} layers but the "
                          f"model has {len(layers)}")
     hooks = []
-    poptorch.BeginBlock(model.bert.embeddings, "Embedding", ipu_id=0)
+    poptorch.BeginBlock(embeddings, "Embedding", ipu_id=0)
     logger.info("Embedding  --> IPU 0")
     for i, (layer, ipu) in enumerate(zip(layers, layer_ipus(layers_per_ipu))):
-        poptorch.BeginBlock(layer, f"Encoder{i}", ipu_id=ipu)
+        poptorch.BeginBlock(layer, f"Layer{i}", ipu_id=ipu)
         if recompute:
             hooks.append(layer.register_forward_hook(_recompute_hook))
-        logger.info("Encoder %-3d --> IPU %d", i, ipu)
-    if getattr(model.bert, "pooler", None) is not None:
-        poptorch.BeginBlock(model.bert.pooler, "Heads", ipu_id=0)
-        logger.info("Pooler, MLM and NSP heads --> IPU 0")
-    elif hasattr(model, "qa_outputs"):  # the SQuAD span head stays with the last layer: no extra stage
-        logger.info("QA span head --> IPU %d", len(layers_per_ipu) - 1)
-    model._ipu_recompute_hooks = hooks
-    return model
-
-
-def _parallelize_gpt2(model: nn.Module, layers_per_ipu: list[int] | None, recompute: bool) -> nn.Module:
-    """GPT-2 as Graphcore's GPT-2 app: token/position embeddings on IPU 0, blocks split by
-    ``layers_per_ipu``, final LayerNorm and the tied LM head back on IPU 0."""
-    blocks = model.transformer.h
-    layers_per_ipu = list(layers_per_ipu or [len(blocks)])
-    if sum(layers_per_ipu) != len(blocks):
-        raise ValueError(f"ipu.layers_per_ipu {layers_per_ipu} places {sum(layers_per_ipu)} layers but the "
-                         f"model has {len(blocks)}")
-    hooks = []
-    poptorch.BeginBlock(model.transformer.wte, "Embedding", ipu_id=0)
-    logger.info("Embedding  --> IPU 0")
-    for i, (block, ipu) in enumerate(zip(blocks, layer_ipus(layers_per_ipu))):
-        poptorch.BeginBlock(block, f"Layer{i}", ipu_id=ipu)
-        if recompute:
-            hooks.append(block.register_forward_hook(_recompute_hook))
         logger.info("Layer %-3d --> IPU %d", i, ipu)
-    poptorch.BeginBlock(model.transformer.ln_f, "LMHead", ipu_id=0)
-    logger.info("ln_f and tied LM head --> IPU 0")
+    if head is not None:
+        poptorch.BeginBlock(head, "Heads", ipu_id=0)
+    logger.info("%s --> IPU %d", head_name, 0 if head is not None else len(layers_per_ipu) - 1)
     model._ipu_recompute_hooks = hooks
     return model
 

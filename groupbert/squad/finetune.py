@@ -10,12 +10,10 @@ in percent, official v1.1 semantics, plus the first-sentence baseline's scores f
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import platform
-import random
 import time
 import uuid
 from dataclasses import asdict
@@ -36,7 +34,8 @@ from groupbert.squad.postprocess import postprocess_predictions, write_predictio
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
 from groupbert.training.optim import build_optimizer
-from groupbert.training.pretrain import _git_commit, select_device
+from groupbert.training.pretrain import _git_commit
+from groupbert.training.runtime import open_run, setup_runtime
 from groupbert.training.run_log import RunLog
 from groupbert.training.steppers import QAIPUStepper
 from optimizers import build_schedule
@@ -100,17 +99,8 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     """Fine-tune (or continue, with ``resume``) on SQuAD; returns the contents of ``eval_results.json``."""
     _check_squad_config(cfg)
     run_dir = Path(output_dir)
-    if not resume and ckpt_io.has_checkpoint(run_dir):
-        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume {run_dir} to continue it "
-                          f"or choose another --output-dir")
-    resume_ckpt = ckpt_io.read_checkpoint(run_dir) if resume else None
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    device = select_device(cfg.runtime.backend)
-    use_bf16 = cfg.runtime.precision == "bf16" or (cfg.runtime.precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
+    resume_ckpt = open_run(run_dir, resume)
+    device, autocast = setup_runtime(cfg)
 
     # ---- data ----
     s, d = cfg.squad, cfg.data

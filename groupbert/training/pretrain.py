@@ -8,11 +8,9 @@ uninterrupted run's.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import platform
-import random
 import subprocess
 import time
 import uuid
@@ -31,6 +29,7 @@ from groupbert.models import build_model
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
 from groupbert.training.run_log import RunLog
+from groupbert.training.runtime import open_run, setup_runtime
 from groupbert.training.steppers import BATCH_KEYS, HostStepper, IPUStepper, Sums
 from groupbert.training.optim import build_optimizer
 from optimizers import build_schedule
@@ -40,17 +39,6 @@ logger = logging.getLogger(__name__)
 
 # Model-config fields that may differ between a checkpoint and the model it initialises.
 _NON_ARCH_FIELDS = {"hidden_dropout", "attention_dropout", "init_checkpoint", "max_positions"}
-
-
-def select_device(backend: str) -> torch.device:
-    """The host device; the IPU backends keep the model on the CPU host and run it through PopTorch."""
-    if backend in ("ipu", "ipu-model"):
-        return torch.device("cpu")
-    if backend == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but torch sees no GPU", key="runtime.backend")
-    if backend == "auto":
-        backend = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(backend)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,18 +132,9 @@ def evaluate(model, dataset, cfg: RunConfig, device, autocast) -> dict:
 def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Run (or continue, with ``resume``) a pretraining job; returns the final evaluation record."""
     run_dir = Path(output_dir)
-    if not resume and ckpt_io.has_checkpoint(run_dir):
-        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume {run_dir} to continue it "
-                          f"or choose another --output-dir")
-    resume_ckpt = ckpt_io.read_checkpoint(run_dir) if resume else None
+    resume_ckpt = open_run(run_dir, resume)
 
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    device = select_device(cfg.runtime.backend)
-    use_bf16 = cfg.runtime.precision == "bf16" or (cfg.runtime.precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
+    device, autocast = setup_runtime(cfg)
 
     show = cfg.logging.progress_bar
     train_set, val_set, vocab_digest, vocab_file = prepare_data(cfg, show_progress=show)
