@@ -64,3 +64,24 @@ def group_indices_by_device_and_dtype(tensors: Sequence[Tensor]) -> dict[tuple, 
     for i, t in enumerate(tensors):
         groups[(t.device, t.dtype)].append(i)
     return dict(groups)
+
+
+def init_adam_group(optimizer: torch.optim.Optimizer, group: dict) -> tuple[list[Tensor], ...]:
+    """Params with a gradient in ``group`` and their Adam state (created on first use): params, grads,
+    exp_avgs, exp_avg_sqs, float32 host step tensors (as torch's Adam)."""
+    params, grads, exp_avgs, exp_avg_sqs, state_steps = [], [], [], [], []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        check_grad(p, type(optimizer).__name__)
+        state = optimizer.state[p]
+        if len(state) == 0:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        params.append(p)
+        grads.append(p.grad)
+        exp_avgs.append(state["exp_avg"])
+        exp_avg_sqs.append(state["exp_avg_sq"])
+        state_steps.append(state["step"])
+    return params, grads, exp_avgs, exp_avg_sqs, state_steps

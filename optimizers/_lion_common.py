@@ -62,3 +62,24 @@ def foreach_lion_direction_(grads: list[Tensor], exp_avgs: list[Tensor], beta1: 
     c = list(torch._foreach_lerp(exp_avgs, grads, 1.0 - beta1))
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta2)
     return c
+
+
+def gather_lion_group(optimizer: torch.optim.Optimizer, group: dict) -> tuple[list, list, list, list]:
+    """Params with a gradient in ``group``, their grads, momenta (created on first use) and step counts
+    (incremented here): what ``lion`` / ``lion_a`` take."""
+    from optimizers._helpers import check_grad
+    params, grads, exp_avgs, steps = [], [], [], []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        check_grad(p, type(optimizer).__name__)
+        state = optimizer.state[p]
+        if len(state) == 0:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        params.append(p)
+        grads.append(p.grad)
+        exp_avgs.append(state["exp_avg"])
+        steps.append(state["step"])
+    return params, grads, exp_avgs, steps

@@ -41,8 +41,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from optimizers._helpers import (bucket_by_device_and_dtype, check_adam_hyperparameters, check_grad,
-                                 default_foreach, steps_to_tensors)
+from optimizers._helpers import (bucket_by_device_and_dtype, check_adam_hyperparameters, default_foreach, init_adam_group, steps_to_tensors)
 
 __all__ = ["LAMB", "PRESETS", "global_grad_norm", "lamb"]
 
@@ -168,22 +167,7 @@ class LAMB(torch.optim.Optimizer):
         return None if self._last_grad_norm is None else float(self._last_grad_norm)
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
-        params, grads, exp_avgs, exp_avg_sqs, state_steps = [], [], [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            check_grad(p, type(self).__name__)
-            state = self.state[p]
-            if len(state) == 0:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)  # on the host, as torch's Adam
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            state_steps.append(state["step"])
-        return params, grads, exp_avgs, exp_avg_sqs, state_steps
+        return init_adam_group(self, group)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:

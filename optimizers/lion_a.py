@@ -33,9 +33,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from optimizers._helpers import check_grad, group_indices_by_device_and_dtype, resolve_foreach
-from optimizers._lion_common import (check_lion_args, foreach_lion_direction_, inverse_bias_correction_factor,
-                                     lion_direction_)
+from optimizers._helpers import group_indices_by_device_and_dtype, resolve_foreach
+from optimizers._lion_common import (check_lion_args, foreach_lion_direction_, gather_lion_group,
+                                     inverse_bias_correction_factor, lion_direction_)
 
 __all__ = ["LionA", "lion_a", "PRESETS"]
 
@@ -118,20 +118,7 @@ class LionA(torch.optim.Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, exp_avgs, steps = [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                check_grad(p, "LionA")
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
-                steps.append(state["step"])
+            params, grads, exp_avgs, steps = gather_lion_group(self, group)
             if not params:
                 continue
             beta1, beta2 = group["betas"]

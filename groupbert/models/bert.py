@@ -438,17 +438,18 @@ def load_hf_state_dict(model: nn.Module, state_dict: dict, strict: bool = True) 
     model.load_state_dict(renamed, strict=False)
 
 
-def _from_pretrained_dir(cls, path: str, strict: bool):
-    """config.json + model.safetensors (never pickle) -> ``cls`` instance in eval mode."""
+def _from_pretrained_dir(cls, path: str, strict: bool, config_from=None, load_weights=None):
+    """config.json + model.safetensors (never pickle) -> ``cls`` instance in eval mode. ``config_from`` /
+    ``load_weights`` convert a Hugging Face config / state dict (BERT's by default; GPT-2 passes its own)."""
     from safetensors.torch import load_file
 
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{weights} not found (only safetensors checkpoints are read, never pickle)")
     with open(os.path.join(path, "config.json")) as f:
-        config = from_hf_config(json.load(f))
+        config = (config_from or from_hf_config)(json.load(f))
     model = cls(config)
-    load_hf_state_dict(model, load_file(weights), strict=strict)
+    (load_weights or load_hf_state_dict)(model, load_file(weights), strict=strict)
     logger.info("loaded %s from %s (%.1fM parameters)", cls.__name__, path,
                 sum(p.numel() for p in model.parameters()) / 1e6)
     return model.eval()

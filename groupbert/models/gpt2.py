@@ -25,10 +25,8 @@ Choices that differ from HF without changing the numbers:
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -37,6 +35,7 @@ from torch import Tensor, nn
 
 from groupbert.config import ModelConfig
 from groupbert.models.bert import IGNORE_INDEX
+from groupbert.models.bert import _from_pretrained_dir as _load_pretrained_dir
 
 logger = logging.getLogger(__name__)
 
@@ -339,15 +338,4 @@ def to_hf_state_dict(model: nn.Module) -> dict:
 
 def _from_pretrained_dir(cls, path: str, strict: bool):
     """config.json + model.safetensors (never pickle) -> ``cls`` instance in eval mode."""
-    from safetensors.torch import load_file
-
-    weights = os.path.join(path, "model.safetensors")
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{weights} not found (only safetensors checkpoints are read, never pickle)")
-    with open(os.path.join(path, "config.json")) as f:
-        config = from_hf_config(json.load(f))
-    model = cls(config)
-    load_hf_state_dict(model, load_file(weights), strict=strict)
-    logger.info("loaded %s from %s (%.1fM parameters)", cls.__name__, path,
-                sum(p.numel() for p in model.parameters()) / 1e6)
-    return model.eval()
+    return _load_pretrained_dir(cls, path, strict, config_from=from_hf_config, load_weights=load_hf_state_dict)

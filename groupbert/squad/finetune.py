@@ -33,9 +33,8 @@ from groupbert.squad.features import Features, build_features
 from groupbert.squad.postprocess import postprocess_predictions, write_predictions
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
-from groupbert.training.optim import build_optimizer
 from groupbert.training.pretrain import _git_commit
-from groupbert.training.runtime import open_run, setup_runtime
+from groupbert.training.runtime import build_run_optimizer, open_run, restore_run, setup_runtime
 from groupbert.training.run_log import RunLog
 from groupbert.training.steppers import QAIPUStepper
 from optimizers import build_schedule
@@ -131,22 +130,10 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     if cfg.model.init_checkpoint and resume_ckpt is None:
         init_from = load_qa_init(model, cfg.model.init_checkpoint, vocab_digest)
     model.to(device).train()
-    on_ipu = cfg.runtime.backend in ("ipu", "ipu-model")
-    if on_ipu:
-        from groupbert.ipu import USING_EMULATOR, poptorch
-        from groupbert.ipu.options import build_ipu_optimizer, build_options
-        from groupbert.ipu.pipeline import parallelize
-        if cfg.runtime.backend == "ipu" and (USING_EMULATOR or not poptorch.ipuHardwareIsAvailable()):
-            raise ConfigError("runtime.backend ipu needs IPU hardware and the Poplar SDK's PopTorch; use "
-                              "ipu-model to run the same code path on the IPU Model or the built-in emulator",
-                              key="runtime.backend")
-        if total_steps % cfg.ipu.device_iterations:
-            raise ConfigError(f"{total_steps} fine-tuning steps are not a multiple of ipu.device_iterations "
-                              f"{cfg.ipu.device_iterations}", key="ipu.device_iterations")
-        parallelize(model, cfg.ipu.layers_per_ipu, recompute=cfg.ipu.recompute)
-        optimizer = build_ipu_optimizer(model, cfg)
-    else:
-        optimizer = build_optimizer(model, cfg.optimizer)
+    if cfg.runtime.backend in ("ipu", "ipu-model") and total_steps % cfg.ipu.device_iterations:
+        raise ConfigError(f"{total_steps} fine-tuning steps are not a multiple of ipu.device_iterations "
+                          f"{cfg.ipu.device_iterations}", key="ipu.device_iterations")
+    optimizer, poptorch = build_run_optimizer(model, cfg)
     try:
         batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
     except ValueError as e:
@@ -155,20 +142,16 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     if resume_ckpt is not None:
         if resume_ckpt.state.get("task") != "squad":
             raise CheckpointError(f"{resume_ckpt.path} is not a SQuAD fine-tuning checkpoint")
-        ckpt_io.load_model_weights(model, resume_ckpt)
-        ckpt_io.load_optimizer_state(optimizer, resume_ckpt)
-        try:
-            batches.load_state_dict(resume_ckpt.state["data"])
-        except ValueError as e:
-            raise CheckpointError(f"{resume_ckpt.path}: {e}") from None
-        ckpt_io.restore_rng(resume_ckpt)
-        step, run_id = resume_ckpt.step, resume_ckpt.state.get("run_id", run_id)
-        logger.info("resuming %s from step %d", run_dir, step)
+        step, saved_id = restore_run(resume_ckpt, model, optimizer, batches)
+        run_id = saved_id or run_id
     schedule = build_schedule(optimizer, name=cfg.schedule.name, warmup_steps=warmup_steps, total_steps=total_steps,
                               warmup_power=cfg.schedule.warmup_power, decay_power=cfg.schedule.decay_power,
                               end_lr_ratio=cfg.schedule.end_lr_ratio,
                               cooldown_fraction=cfg.schedule.cooldown_fraction, last_step=step)
-    ipu_stepper = QAIPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg)) if on_ipu else None
+    ipu_stepper = None
+    if poptorch is not None:
+        from groupbert.ipu.options import build_options
+        ipu_stepper = QAIPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg))
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")

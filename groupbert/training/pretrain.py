@@ -29,9 +29,8 @@ from groupbert.models import build_model
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
 from groupbert.training.run_log import RunLog
-from groupbert.training.runtime import open_run, setup_runtime
+from groupbert.training.runtime import build_run_optimizer, open_run, restore_run, setup_runtime
 from groupbert.training.steppers import BATCH_KEYS, HostStepper, IPUStepper, Sums
-from groupbert.training.optim import build_optimizer
 from optimizers import build_schedule
 from optimizers.update_metrics import UpdateMetrics
 
@@ -144,21 +143,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         init_from_checkpoint(model, cfg, vocab_digest)
     model.to(device).train()
 
-    on_ipu = cfg.runtime.backend in ("ipu", "ipu-model")
-    if on_ipu:
-        from groupbert.ipu import USING_EMULATOR, poptorch
-        from groupbert.ipu.options import build_ipu_optimizer, build_options
-        from groupbert.ipu.pipeline import parallelize
-        if cfg.runtime.backend == "ipu" and (USING_EMULATOR or not poptorch.ipuHardwareIsAvailable()):
-            raise ConfigError("runtime.backend ipu needs IPU hardware and the Poplar SDK's PopTorch; use "
-                              "ipu-model to run the same code path on the IPU Model or the built-in emulator",
-                              key="runtime.backend")
-        if cfg.ipu.half and USING_EMULATOR:
-            logger.warning("ipu.half: the emulator computes in fp32; fp16 applies on IPU hardware only")
-        parallelize(model, cfg.ipu.layers_per_ipu, recompute=cfg.ipu.recompute)
-        optimizer = build_ipu_optimizer(model, cfg)
-    else:
-        optimizer = build_optimizer(model, cfg.optimizer)
+    optimizer, poptorch = build_run_optimizer(model, cfg)
     update_metrics = UpdateMetrics(model, cfg.logging.update_metrics_every) if cfg.logging.update_metrics_every else None
     batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
     step, run_id = 0, uuid.uuid4().hex[:8]
@@ -166,20 +151,14 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         _check_model_compatible(resume_ckpt.state["model_config"], cfg.model, resume_ckpt.path)
         if resume_ckpt.state.get("vocab_sha256") != vocab_digest:
             raise CheckpointError(f"{resume_ckpt.path} was trained with a different vocabulary")
-        ckpt_io.load_model_weights(model, resume_ckpt)
-        ckpt_io.load_optimizer_state(optimizer, resume_ckpt)
-        try:
-            batches.load_state_dict(resume_ckpt.state["data"])
-        except ValueError as e:
-            raise CheckpointError(f"{resume_ckpt.path}: {e}") from None
-        ckpt_io.restore_rng(resume_ckpt)
-        step, run_id = resume_ckpt.step, resume_ckpt.state.get("run_id", run_id)
-        logger.info("resuming %s from step %d", run_dir, step)
+        step, saved_id = restore_run(resume_ckpt, model, optimizer, batches)
+        run_id = saved_id or run_id
     schedule = build_schedule(optimizer, name=cfg.schedule.name, warmup_steps=cfg.warmup_steps,
                               total_steps=cfg.train.max_steps, warmup_power=cfg.schedule.warmup_power,
                               decay_power=cfg.schedule.decay_power, end_lr_ratio=cfg.schedule.end_lr_ratio,
                               cooldown_fraction=cfg.schedule.cooldown_fraction, last_step=step)
-    if on_ipu:
+    if poptorch is not None:
+        from groupbert.ipu.options import build_options
         stepper = IPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg))
     else:
         stepper = HostStepper(model, optimizer, schedule, cfg, device, autocast, update_metrics)

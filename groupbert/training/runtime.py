@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -9,6 +10,8 @@ import torch
 
 from groupbert.config import ConfigError, RunConfig
 from groupbert.training import checkpoint as ckpt_io
+
+logger = logging.getLogger(__name__)
 
 
 def select_device(backend: str) -> torch.device:
@@ -41,3 +44,35 @@ def setup_runtime(cfg: RunConfig) -> tuple[torch.device, Callable]:
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     return device, autocast
+
+
+def build_run_optimizer(model: torch.nn.Module, cfg: RunConfig):
+    """The optimizer for ``model``: ours on CPU/CUDA; on the IPU backends the model is pipelined first and
+    the optimizer is PopTorch's (AdamW/LAMB, updated on device). Returns (optimizer, poptorch or None)."""
+    if cfg.runtime.backend not in ("ipu", "ipu-model"):
+        from groupbert.training.optim import build_optimizer
+        return build_optimizer(model, cfg.optimizer), None
+    from groupbert.ipu import USING_EMULATOR, poptorch
+    from groupbert.ipu.options import build_ipu_optimizer
+    from groupbert.ipu.pipeline import parallelize
+    if cfg.runtime.backend == "ipu" and (USING_EMULATOR or not poptorch.ipuHardwareIsAvailable()):
+        raise ConfigError("runtime.backend ipu needs IPU hardware and the Poplar SDK's PopTorch; use "
+                          "ipu-model to run the same code path on the IPU Model or the built-in emulator",
+                          key="runtime.backend")
+    if cfg.ipu.half and USING_EMULATOR:
+        logger.warning("ipu.half: the emulator computes in fp32; fp16 applies on IPU hardware only")
+    parallelize(model, cfg.ipu.layers_per_ipu, recompute=cfg.ipu.recompute)
+    return build_ipu_optimizer(model, cfg), poptorch
+
+
+def restore_run(ckpt: ckpt_io.Checkpoint, model: torch.nn.Module, optimizer, batches) -> tuple[int, Optional[str]]:
+    """Weights, optimizer state, data position and RNG from ``ckpt``; returns (step, W&B run id)."""
+    ckpt_io.load_model_weights(model, ckpt)
+    ckpt_io.load_optimizer_state(optimizer, ckpt)
+    try:
+        batches.load_state_dict(ckpt.state["data"])
+    except ValueError as e:
+        raise ckpt_io.CheckpointError(f"{ckpt.path}: {e}") from None
+    ckpt_io.restore_rng(ckpt)
+    logger.info("resuming from %s (step %d)", ckpt.path, ckpt.step)
+    return ckpt.step, ckpt.state.get("run_id")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from groupbert.metrics import IGNORE_INDEX, masked_lm_correct, next_sentence_correct
+from groupbert.metrics import IGNORE_INDEX
 
 BATCH_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_labels",
               "next_sentence_label")
@@ -58,16 +58,17 @@ class HostStepper:
         cfg, ga = self.cfg, self.cfg.micro_batches_per_step
         self.optimizer.zero_grad(set_to_none=True)
         measuring = self.update_metrics is not None and self.update_metrics.arm(step + 1)
-        sums = Sums()
+        # loss, mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n summed on the device: one host sync per step, not per
+        # micro-batch (which would stall a GPU after every forward)
+        acc = torch.zeros(7, device=self.device)
         for _ in range(ga):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if k in BATCH_KEYS}
             with self.autocast():
                 out = self.model(**batch)
             (out.loss / ga).backward()
-            c, n = masked_lm_correct(out.mlm_logits.detach(), batch["masked_lm_labels"])
-            c2, n2 = next_sentence_correct(out.nsp_logits.detach(), batch["next_sentence_label"])
-            sums += Sums(float(out.loss.detach()), float(out.mlm_loss.detach()), float(out.nsp_loss.detach()), 1,
-                         c, n, c2, n2)
+            acc += _logging_sums(out, batch["masked_lm_labels"], batch["next_sentence_label"])
+        loss, mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n = acc.tolist()
+        sums = Sums(loss, mlm, nsp, ga, mlm_ok, mlm_n, nsp_ok, nsp_n)
         max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         lr = self.optimizer.param_groups[0]["lr"]
@@ -84,6 +85,17 @@ class HostStepper:
 
     def sync_to_host(self) -> None:
         pass
+
+
+@torch.no_grad()
+def _logging_sums(out, masked_lm_labels: torch.Tensor, next_sentence_label: torch.Tensor) -> torch.Tensor:
+    """[loss, mlm_loss, nsp_loss, mlm correct, mlm scored, nsp correct, nsp count] of one micro-batch."""
+    scored = masked_lm_labels != IGNORE_INDEX
+    mlm_ok = ((out.mlm_logits.argmax(-1) == masked_lm_labels) & scored).sum()
+    nsp_ok = (out.nsp_logits.argmax(-1) == next_sentence_label).sum()
+    return torch.stack([out.loss.float(), out.mlm_loss.float(), out.nsp_loss.float(), mlm_ok.float(),
+                        scored.sum().float(), nsp_ok.float(),
+                        torch.tensor(float(next_sentence_label.numel()), device=mlm_ok.device)])
 
 
 class PretrainingOnDevice(nn.Module):
