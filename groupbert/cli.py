@@ -79,8 +79,9 @@ def main(description: str, job: Callable[[RunConfig, Path, bool], dict], argv: l
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "fix the configuration or the input" (exit code 2)."""
+    from custom_ops import CustomOpsError  # runtime.custom_ops: on, and the C++ kernels could not be built
     from groupbert.data import DataError
     from groupbert.ipu.emulator.errors import OutOfMemoryError  # a model that does not fit its IPUs
     from groupbert.ipu.planner import IPUOutOfMemoryError
     from groupbert.training.checkpoint import CheckpointError
-    return (ConfigError, DataError, CheckpointError, OutOfMemoryError, IPUOutOfMemoryError)
+    return (ConfigError, DataError, CheckpointError, OutOfMemoryError, IPUOutOfMemoryError, CustomOpsError)

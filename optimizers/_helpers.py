@@ -21,6 +21,57 @@ def check_adam_hyperparameters(hp: dict[str, Any]) -> None:
         raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be >= 0)")
 
 
+def check_fused_foreach(hp: dict[str, Any]) -> None:
+    """torch's rule: ``fused`` and ``foreach`` cannot both be True (ValueError)."""
+    if hp.get("fused") and hp.get("foreach"):
+        raise ValueError("`fused` and `foreach` cannot be `True` together.")
+    if hp.get("fused") not in (None, True, False):
+        raise ValueError(f"Invalid fused: {hp['fused']!r} (must be None, True or False)")
+
+
+def use_fused(fused: Optional[bool], foreach: Optional[bool], tensors: Sequence[Tensor], name: str) -> bool:
+    """Whether a group takes the fused C++ update (``custom_ops.fused_optim``).
+
+    ``fused=None``: yes if ``foreach`` is None (an explicit foreach choice wins, as in torch), the library
+    is in use (built on first use; ``GROUPBERT_CUSTOM_OPS``) and every tensor qualifies (dense, contiguous,
+    CPU, float32/float64); otherwise the Python path. ``fused=True``: yes, or RuntimeError saying why not.
+    ``fused=False``: no."""
+    if fused is False or (fused is None and foreach is not None):
+        return False
+    try:
+        from custom_ops import fused_optim
+    except Exception as exc:  # noqa: BLE001 - a broken custom_ops package means "no fused path"
+        if fused:
+            raise RuntimeError(f"{name}(fused=True): the fused kernels cannot be imported "
+                               f"({type(exc).__name__}: {exc}); use fused=False") from exc
+        return False
+    reason = fused_optim.unsupported_reason(tensors)
+    if reason is not None:
+        if fused:
+            raise RuntimeError(f"{name}(fused=True): {reason}; the fused kernels take dense, contiguous "
+                               "float32/float64 CPU tensors (use fused=False or None)")
+        return False
+    if fused_optim.ops_ready():
+        return True
+    if fused:
+        raise RuntimeError(f"{name}(fused=True): the fused kernels are unavailable: "
+                           f"{fused_optim.unavailable_reason()}; use fused=False or None")
+    return False
+
+
+IMPLEMENTATION_KEYS = ("foreach", "fused")
+
+
+def load_state_dict_keeping_implementation(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+    """``torch.optim.Optimizer.load_state_dict``, but each group keeps this optimizer's ``foreach`` and
+    ``fused`` choices: a checkpoint says what the hyperparameters are, not how this run computes the
+    update, so state moves freely between fused and unfused (CPU and CUDA) runs."""
+    keep = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
+    torch.optim.Optimizer.load_state_dict(optimizer, state_dict)
+    for group, kept in zip(optimizer.param_groups, keep):
+        group.update(kept)
+
+
 def check_grad(p: Tensor, name: str) -> None:
     if p.grad.is_sparse:
         raise RuntimeError(f"{name} does not support sparse gradients")

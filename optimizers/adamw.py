@@ -16,12 +16,22 @@ Variants:
       class docstring gives the algebra). Its exact setup in their paper is unverified here: the PDF was not
       available (``optimizers.md`` §1.5(b) marks it [R]).
 
+Implementations (one set of equations; ``fused`` / ``foreach`` pick one per parameter group):
+    - fused: the C++ multi-tensor kernel ``groupbert::fused_adamw_`` (``custom_ops/fused_optim.py``,
+      ``csrc/fused_optim.cpp``), one call per group, for dense contiguous float32/float64 CPU tensors.
+      It is the default where the library is built (``GROUPBERT_CUSTOM_OPS``). It performs the
+      operations of ``_single_tensor_adamw`` in the same order, so results agree with it to ~1 ulp per
+      step; it is about as fast as ``torch.optim.AdamW(fused=True)`` on CPU. There is no CUDA kernel.
+    - foreach: ``torch._foreach_*`` calls per (device, dtype) bucket; the default on CUDA.
+    - single-tensor: a loop over the tensors, the readable reference; the CPU fallback.
+
 Deviations from ``torch.optim.AdamW``:
-    - No ``amsgrad``, ``capturable``, ``differentiable`` or ``fused``. The fused path is the project's
-      custom op, which has to match these same equations.
+    - No ``amsgrad``, ``capturable`` or ``differentiable``. ``fused`` is the project's CPU kernel above
+      (torch's fused AdamW is a different kernel with the same equations). ``fused=None`` means "fused
+      where possible", where torch defaults to not fused.
     - ``lr`` must be a Python number > 0. torch also accepts 0 and tensors.
-    - ``foreach=None`` picks the foreach path on CPU as well as CUDA. torch picks it only on CUDA.
-      On CPU the foreach kernels loop over tensors with the same arithmetic.
+    - :meth:`AdamW.load_state_dict` keeps this optimizer's ``fused`` and ``foreach`` settings instead of
+      taking them from the checkpoint (the state itself is the same for every path).
     - Complex parameters are rejected.
 """
 from __future__ import annotations
@@ -31,7 +41,9 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from optimizers._helpers import (bucket_by_device_and_dtype, check_adam_hyperparameters, default_foreach, init_adam_group, steps_to_tensors)
+from optimizers._helpers import (bucket_by_device_and_dtype, check_adam_hyperparameters, check_fused_foreach,
+                                 default_foreach, init_adam_group, load_state_dict_keeping_implementation,
+                                 steps_to_tensors, use_fused)
 
 __all__ = ["AdamW", "adamw"]
 
@@ -84,9 +96,13 @@ class AdamW(torch.optim.Optimizer):
             (default: 1e-2).
         bias_correction: divide m by 1 − β1^t. False gives the Kosson et al. ablation; v's correction
             is always applied (default: True).
-        foreach: use the ``torch._foreach_*`` implementation. None picks it when every parameter is on
-            CPU or CUDA (default: None).
+        foreach: use the ``torch._foreach_*`` implementation. None picks it when every parameter is a
+            CUDA tensor, as torch does (default: None).
         maximize: maximize the objective instead of minimizing it (default: False).
+        fused: use the fused C++ CPU kernel (``custom_ops.fused_optim``). None picks it for a group when
+            ``foreach`` is None, the library is built and enabled, and every tensor is a dense contiguous
+            float32/float64 CPU tensor. True raises if that is not so; ``fused=True`` with
+            ``foreach=True`` is a ValueError (default: None).
     """
 
     def __init__(
@@ -100,15 +116,26 @@ class AdamW(torch.optim.Optimizer):
         bias_correction: bool = True,
         foreach: Optional[bool] = None,
         maximize: bool = False,
+        fused: Optional[bool] = None,
     ):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        bias_correction=bias_correction, foreach=foreach, maximize=maximize)
+                        bias_correction=bias_correction, foreach=foreach, maximize=maximize, fused=fused)
         check_adam_hyperparameters(defaults)
+        check_fused_foreach(defaults)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        check_adam_hyperparameters(self.param_groups[-1])  # group overrides are validated too
+        group = self.param_groups[-1]
+        check_adam_hyperparameters(group)  # group overrides are validated too
+        check_fused_foreach(group)
+        # fused=True fails here, not at the first step; fused=None builds/loads the library now, not
+        # inside a step that torch.compile may be tracing
+        use_fused(group["fused"], group["foreach"], group["params"], type(self).__name__)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, but the groups keep this optimizer's ``fused`` and ``foreach`` settings."""
+        load_state_dict_keeping_implementation(self, state_dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -116,9 +143,11 @@ class AdamW(torch.optim.Optimizer):
             group.setdefault("bias_correction", True)
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
+            group.setdefault("fused", None)
         steps_to_tensors(self.state)
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
+    def _group_tensors(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
+        # not named _init_group: torch.compile special-cases that name with torch's own signature
         return init_adam_group(self, group)
 
     @torch.no_grad()
@@ -129,11 +158,12 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, state_steps = self._init_group(group)
+            params, grads, exp_avgs, exp_avg_sqs, state_steps = self._group_tensors(group)
             if not params:
                 continue
             beta1, beta2 = group["betas"]
-            adamw(params, grads, exp_avgs, exp_avg_sqs, state_steps, foreach=group["foreach"],
+            fused = use_fused(group["fused"], group["foreach"], params + grads, type(self).__name__)
+            adamw(params, grads, exp_avgs, exp_avg_sqs, state_steps, foreach=group["foreach"], fused=fused,
                   lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                   weight_decay=group["weight_decay"], bias_correction=group["bias_correction"],
                   maximize=group["maximize"])
@@ -148,6 +178,7 @@ def adamw(
     state_steps: list[Tensor],
     *,
     foreach: Optional[bool] = None,
+    fused: bool = False,
     lr: float,
     beta1: float,
     beta2: float,
@@ -157,7 +188,13 @@ def adamw(
     maximize: bool = False,
 ) -> None:
     """Functional AdamW (see :class:`AdamW`). Updates ``params``, ``exp_avgs``, ``exp_avg_sqs`` and
-    ``state_steps`` in place; ``grads`` are left untouched."""
+    ``state_steps`` in place; ``grads`` are left untouched. ``fused=True`` calls the C++ kernel (the
+    tensors must qualify; :meth:`AdamW.step` decides per group)."""
+    if fused:
+        from custom_ops.fused_optim import fused_adamw_
+        fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2,
+                     eps=eps, weight_decay=weight_decay, bias_correction=bias_correction, maximize=maximize)
+        return
     if foreach is None:
         foreach = default_foreach(params)
     impl = _multi_tensor_adamw if foreach else _single_tensor_adamw

@@ -32,7 +32,20 @@ Deviations (numerics choices; ``optimizers.md`` §2.6 compares the implementatio
       weights the gradient by (1 − β1) (apex ``grad_averaging=True``). There is no L2 mode
       (apex ``adam_w_mode=0``).
     - Moments are kept in the parameter dtype. Norms are reduced in float32, or float64 for float64
-      tensors. There is no fp32 master copy for low-precision parameters.
+      tensors (the fused kernel reduces in double). There is no fp32 master copy for low-precision
+      parameters.
+    - :meth:`LAMB.load_state_dict` keeps this optimizer's ``fused`` and ``foreach`` settings instead of
+      taking them from the checkpoint (the state itself is the same for every path).
+
+Implementations (one set of equations; ``fused`` / ``foreach`` pick one per parameter group):
+    - fused: the C++ multi-tensor kernel ``groupbert::fused_lamb_`` (``custom_ops/fused_optim.py``,
+      ``csrc/fused_optim.cpp``), one call per group, for dense contiguous float32/float64 CPU tensors,
+      plus ``groupbert::global_grad_norm`` for the clip when every group is fused. It is the default
+      where the library is built (``GROUPBERT_CUSTOM_OPS``). Same operations and order as
+      ``_single_tensor_lamb`` except the norms (summed in double), so results agree to ~1e-7 relative.
+      Two passes over memory (the trust ratio needs whole-tensor norms first). No CUDA kernel.
+    - foreach: ``torch._foreach_*`` calls per (device, dtype) bucket; the default on CUDA.
+    - single-tensor: a loop over the tensors, the readable reference; the CPU fallback.
 """
 from __future__ import annotations
 
@@ -41,7 +54,9 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from optimizers._helpers import (bucket_by_device_and_dtype, check_adam_hyperparameters, default_foreach, init_adam_group, steps_to_tensors)
+from optimizers._helpers import (bucket_by_device_and_dtype, check_adam_hyperparameters, check_fused_foreach,
+                                 default_foreach, init_adam_group, load_state_dict_keeping_implementation,
+                                 steps_to_tensors, use_fused)
 
 __all__ = ["LAMB", "PRESETS", "global_grad_norm", "lamb"]
 
@@ -114,8 +129,12 @@ class LAMB(torch.optim.Optimizer):
             (default: None).
         trust_ratio: apply the layer-wise trust ratio. This is the default for groups that do not set
             their own ``trust_ratio`` key (default: True).
-        foreach: use the ``torch._foreach_*`` implementation. None picks it when every parameter is on
-            CPU or CUDA (default: None).
+        foreach: use the ``torch._foreach_*`` implementation. None picks it when every parameter is a
+            CUDA tensor, as torch does (default: None).
+        fused: use the fused C++ CPU kernel (``custom_ops.fused_optim``). None picks it for a group when
+            ``foreach`` is None, the library is built and enabled, and every tensor is a dense contiguous
+            float32/float64 CPU tensor. True raises if that is not so; ``fused=True`` with
+            ``foreach=True`` is a ValueError (default: None).
     """
 
     def __init__(
@@ -131,12 +150,15 @@ class LAMB(torch.optim.Optimizer):
         max_weight_norm: Optional[float] = None,
         trust_ratio: bool = True,
         foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
     ):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, max_grad_norm=max_grad_norm,
-                        max_weight_norm=max_weight_norm, trust_ratio=trust_ratio, foreach=foreach)
+                        max_weight_norm=max_weight_norm, trust_ratio=trust_ratio, foreach=foreach, fused=fused)
         _check_lamb_hyperparameters(defaults)
-        self._last_grad_norm: Optional[Tensor] = None
+        # G_t of the last step. A dict, not a plain attribute: torch.compile drops attribute stores on an
+        # optimizer but replays dict updates.
+        self._grad_norm: dict[str, Optional[Tensor]] = {"last": None}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -147,10 +169,17 @@ class LAMB(torch.optim.Optimizer):
             raise ValueError(f"Invalid max_grad_norm in a param group: {group['max_grad_norm']!r}. "
                              "Clipping uses one global norm over all groups; set max_grad_norm on the "
                              "optimizer, not per group")
+        # fused=True fails here, not at the first step; fused=None builds/loads the library now, not
+        # inside a step that torch.compile may be tracing
+        use_fused(group["fused"], group["foreach"], group["params"], type(self).__name__)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, but the groups keep this optimizer's ``fused`` and ``foreach`` settings."""
+        load_state_dict_keeping_implementation(self, state_dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_last_grad_norm", None)
+        self.__dict__.setdefault("_grad_norm", {"last": None})
         self.defaults.setdefault("max_grad_norm", None)
         for group in self.param_groups:
             group.setdefault("bias_correction", True)
@@ -158,15 +187,19 @@ class LAMB(torch.optim.Optimizer):
             group.setdefault("max_weight_norm", None)
             group.setdefault("trust_ratio", True)
             group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+        self.defaults.setdefault("fused", None)
         steps_to_tensors(self.state)
 
     @property
     def last_grad_norm(self) -> Optional[float]:
         """Global gradient norm G of the last step, before clipping. None if ``max_grad_norm`` is None
         or no step has run yet. Reading it waits for the device; ``step`` itself does not."""
-        return None if self._last_grad_norm is None else float(self._last_grad_norm)
+        norm = self._grad_norm["last"]
+        return None if norm is None else float(norm)
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
+    def _group_tensors(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
+        # not named _init_group: torch.compile special-cases that name with torch's own signature
         return init_adam_group(self, group)
 
     @torch.no_grad()
@@ -176,26 +209,35 @@ class LAMB(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        lists = [self._init_group(group) for group in self.param_groups]
+        lists = [self._group_tensors(group) for group in self.param_groups]
+        name = type(self).__name__
+        fused = [bool(params) and use_fused(group["fused"], group["foreach"], params + grads, name)
+                 for group, (params, grads, *_) in zip(self.param_groups, lists)]
 
         # G_t and the clip divisor max(1, G_t / c), over all groups, kept on the device.
-        self._last_grad_norm = grad_divisor = None
+        grad_norm = grad_divisor = None
         max_grad_norm = self.defaults["max_grad_norm"]
         all_grads = [g for group_lists in lists for g in group_lists[1]]
         if max_grad_norm is not None and all_grads:
-            foreach = self.defaults["foreach"]
-            if foreach is None:
-                foreach = default_foreach(all_grads)
-            self._last_grad_norm = global_grad_norm(all_grads, foreach=foreach)
-            grad_divisor = torch.clamp(self._last_grad_norm / max_grad_norm, min=1.0)
+            if all(f for f, (params, *_) in zip(fused, lists) if params):  # one fused pass over all grads
+                from custom_ops.fused_optim import global_grad_norm as fused_global_grad_norm
+                grad_norm = fused_global_grad_norm(all_grads)
+            else:
+                foreach = self.defaults["foreach"]
+                if foreach is None:
+                    foreach = default_foreach(all_grads)
+                grad_norm = global_grad_norm(all_grads, foreach=foreach)
+            grad_divisor = torch.clamp(grad_norm / max_grad_norm, min=1.0)
+        self._grad_norm["last"] = grad_norm
 
-        for group, (params, grads, exp_avgs, exp_avg_sqs, state_steps) in zip(self.param_groups, lists):
+        for group, group_fused, (params, grads, exp_avgs, exp_avg_sqs, state_steps) in zip(
+                self.param_groups, fused, lists):
             if not params:
                 continue
             beta1, beta2 = group["betas"]
             lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_divisor=grad_divisor,
-                 foreach=group["foreach"], lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                 weight_decay=group["weight_decay"], bias_correction=group["bias_correction"],
+                 foreach=group["foreach"], fused=group_fused, lr=group["lr"], beta1=beta1, beta2=beta2,
+                 eps=group["eps"], weight_decay=group["weight_decay"], bias_correction=group["bias_correction"],
                  max_weight_norm=group["max_weight_norm"], trust_ratio=group["trust_ratio"])
         return loss
 
@@ -222,6 +264,7 @@ def lamb(
     *,
     grad_divisor: Optional[Tensor] = None,
     foreach: Optional[bool] = None,
+    fused: bool = False,
     lr: float,
     beta1: float,
     beta2: float,
@@ -233,7 +276,14 @@ def lamb(
 ) -> None:
     """Functional LAMB for one parameter group (see :class:`LAMB`). ``grad_divisor`` is the global clip
     factor max(1, G/c) computed over *all* groups (:meth:`LAMB.step` does that). Updates ``params``,
-    ``exp_avgs``, ``exp_avg_sqs`` and ``state_steps`` in place; ``grads`` are left untouched."""
+    ``exp_avgs``, ``exp_avg_sqs`` and ``state_steps`` in place; ``grads`` are left untouched.
+    ``fused=True`` calls the C++ kernel (the tensors must qualify; :meth:`LAMB.step` decides per group)."""
+    if fused:
+        from custom_ops.fused_optim import fused_lamb_
+        fused_lamb_(params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_divisor=grad_divisor, lr=lr,
+                    beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                    bias_correction=bias_correction, max_weight_norm=max_weight_norm, trust_ratio=trust_ratio)
+        return
     if foreach is None:
         foreach = default_foreach(params)
     impl = _multi_tensor_lamb if foreach else _single_tensor_lamb
@@ -327,3 +377,4 @@ def _check_lamb_hyperparameters(hp: dict[str, Any]) -> None:
         raise ValueError(f"Invalid trust_ratio: {hp['trust_ratio']!r} (must be True or False)")
     if not isinstance(hp["bias_correction"], bool):
         raise ValueError(f"Invalid bias_correction: {hp['bias_correction']!r} (must be True or False)")
+    check_fused_foreach(hp)

@@ -53,6 +53,7 @@ def _place(model: nn.Module, embeddings: nn.Module, layers: nn.ModuleList, head:
         poptorch.BeginBlock(head, "Heads", ipu_id=0)
     logger.info("%s --> IPU %d", head_name, 0 if head is not None else len(layers_per_ipu) - 1)
     model._ipu_recompute_hooks = hooks
+    _use_custom_ops(model, False)  # PopTorch lowers nn.Conv1d(groups=...) natively; the C++ op is CPU-only
     return model
 
 
@@ -62,7 +63,14 @@ def deparallelize(model: nn.Module) -> nn.Module:
     for h in getattr(model, "_ipu_recompute_hooks", []):
         h.remove()
     model._ipu_recompute_hooks = []
+    _use_custom_ops(model, True)
     return model
+
+
+def _use_custom_ops(model: nn.Module, enabled: bool) -> None:
+    for m in model.modules():
+        if hasattr(m, "use_custom_op"):
+            m.use_custom_op = enabled
 
 
 def _recompute_hook(module, inputs, output):

@@ -1,7 +1,5 @@
-"""Model zoo: BERT (Hugging Face names), GroupBERT and GPT-2, and ``build_model`` for MLM + NSP pretraining.
-
-GPT-2 (``groupbert.models.gpt2``) is a causal LM with its own batch format; it is constructed directly
-(``GPT2LMHeadModel(config)``) until causal-LM pretraining lands in the training loop."""
+"""Model zoo: BERT (Hugging Face names), GroupBERT and GPT-2, and ``build_model`` for pretraining
+(MLM + NSP for BERT/GroupBERT, causal LM for GPT-2)."""
 from torch import nn
 
 from groupbert.config import ModelConfig
@@ -31,11 +29,12 @@ from groupbert.models.groupbert import (
 PRETRAINING_MODELS = {
     "bert": BertForPreTraining,
     "groupbert": GroupBertForPreTraining,
+    "gpt2": GPT2LMHeadModel,
 }
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The MLM + NSP pretraining model for ``cfg.type``."""
+    """The pretraining model for ``cfg.type``."""
     if cfg.type not in PRETRAINING_MODELS:
         raise ValueError(f"model.type {cfg.type!r} is not one of {sorted(PRETRAINING_MODELS)}")
     return PRETRAINING_MODELS[cfg.type](cfg)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import custom_ops
 from groupbert.config import ModelConfig
 from groupbert.models.bert import (
     BertEmbeddings,
@@ -90,6 +91,9 @@ class GroupBertConv(nn.Module):
         self.grouped_conv = nn.Conv1d(H, H, K, padding=K // 2, groups=H // config.conv_group_size)
         self.norm = nn.LayerNorm(H, eps=config.eps)  # BatchNorm in the paper; LayerNorm in released code
         self.output = nn.Linear(H, H)
+        # The channels-last C++ kernel (custom_ops) on the [B, T, H] activations, with this nn.Conv1d's
+        # parameters; the IPU pipeline sets it False so PopTorch lowers nn.Conv1d natively.
+        self.use_custom_op = True
 
     def forward(self, x: Tensor, pad_mask: Tensor) -> Tensor:
         h = F.glu(self.glu(x), dim=-1)  # values * sigmoid(gates): B, T, 2H -> B, T, H
@@ -99,8 +103,11 @@ class GroupBertConv(nn.Module):
         return self.output(F.silu(self.norm(h)))
 
     def _grouped_conv(self, h: Tensor) -> Tensor:
-        """Grouped "same" conv along the sequence; the one place a channels-last kernel plugs in."""
-        return self.grouped_conv(h.transpose(1, 2)).transpose(1, 2)  # B, T, H -> B, H, T -> B, T, H
+        """Grouped "same" conv along the sequence, on [B, T, H]."""
+        conv = self.grouped_conv
+        if self.use_custom_op:  # no transposes; falls back to F.conv1d where the C++ op is unavailable
+            return custom_ops.grouped_conv1d(h, conv.weight, conv.bias, conv.groups)
+        return conv(h.transpose(1, 2)).transpose(1, 2)  # B, T, H -> B, H, T -> B, T, H
 
 
 class GroupBertGroupedFFN(nn.Module):

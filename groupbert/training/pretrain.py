@@ -1,4 +1,4 @@
-"""MLM + NSP pretraining on CPU / CUDA: data, model, optimizer, loop, evaluation, checkpoints.
+"""Pretraining (BERT/GroupBERT MLM + NSP, GPT-2 causal LM): data, model, optimizer, loop, evaluation, checkpoints.
 
 One optimizer step = ``gradient_accumulation`` micro-batches of ``micro_batch_size`` sequences, losses
 averaged over the micro-batches, global gradient-norm clipping, then AdamW and the schedule. A run
@@ -23,14 +23,15 @@ from tqdm.auto import tqdm
 from groupbert.config import ConfigError, ModelConfig, RunConfig, save_config
 from groupbert.data import (build_pretraining_dataset, bundled_vocab_file, load_corpus,
                             load_wordpiece, split_documents, vocab_fingerprint)
-from groupbert.data.loader import EpochBatches, sequential_batches
-from groupbert.metrics import masked_lm_correct, next_sentence_correct
+from groupbert.data.causal import bpe_fingerprint, build_causal_lm_dataset, load_gpt2_bpe
+from groupbert.data.loader import EpochBatches
 from groupbert.models import build_model
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
 from groupbert.training.run_log import RunLog
 from groupbert.training.runtime import build_run_optimizer, open_run, restore_run, setup_runtime
-from groupbert.training.steppers import BATCH_KEYS, HostStepper, IPUStepper, Sums
+from groupbert.training.steppers import HostStepper, IPUStepper
+from groupbert.training.tasks import Sums, task_for
 from optimizers import build_schedule
 from optimizers.update_metrics import UpdateMetrics
 
@@ -45,27 +46,37 @@ _NON_ARCH_FIELDS = {"hidden_dropout", "attention_dropout", "init_checkpoint", "m
 # --------------------------------------------------------------------------------------------------
 
 def prepare_data(cfg: RunConfig, show_progress: bool = True):
-    """Corpus → document split → WordPiece → cached MLM/NSP datasets (train, validation)."""
+    """Corpus → document split → tokenizer → cached datasets (train, validation): MLM/NSP instances with
+    WordPiece for BERT/GroupBERT, contiguous causal-LM blocks with GPT-2's BPE for GPT-2."""
     d = cfg.data
-    vocab_file = Path(d.vocab_file) if d.vocab_file else bundled_vocab_file()
-    tokenizer = load_wordpiece(vocab_file, lowercase=d.lowercase)
+    if cfg.model.type == "gpt2":
+        tokenizer = load_gpt2_bpe(d.vocab_file, d.merges_file)
+        digest, vocab_name = bpe_fingerprint(d.vocab_file, d.merges_file), d.vocab_file or "gpt2 (bundled)"
+
+        def build(docs, seed, dupe_factor):
+            return build_causal_lm_dataset(docs, tokenizer, seq_len=d.seq_len, cache_dir=d.cache_dir,
+                                           show_progress=show_progress)
+    else:
+        vocab_file = Path(d.vocab_file) if d.vocab_file else bundled_vocab_file()
+        tokenizer = load_wordpiece(vocab_file, lowercase=d.lowercase)
+        digest, vocab_name = vocab_fingerprint(vocab_file), str(vocab_file)
+        common = dict(seq_len=d.seq_len, max_predictions=d.max_predictions, mask_prob=d.mask_prob,
+                      short_seq_prob=d.short_seq_prob, cache_dir=d.cache_dir, show_progress=show_progress)
+
+        def build(docs, seed, dupe_factor):
+            return build_pretraining_dataset(docs, tokenizer, dupe_factor=dupe_factor, seed=seed, **common)
     n_vocab = tokenizer.get_vocab_size()
     if n_vocab > cfg.model.vocab_size:
-        raise ConfigError(f"the vocabulary {vocab_file} has {n_vocab} tokens but the model's embedding "
+        raise ConfigError(f"the vocabulary {vocab_name} has {n_vocab} tokens but the model's embedding "
                           f"table has {cfg.model.vocab_size}", key="model.vocab_size")
     docs = load_corpus(d.corpus, text_field=d.text_field, max_documents=d.max_documents)
     train_docs, val_docs = split_documents(docs, d.validation_fraction, seed=cfg.train.seed)
-    common = dict(seq_len=d.seq_len, max_predictions=d.max_predictions, mask_prob=d.mask_prob,
-                  short_seq_prob=d.short_seq_prob, cache_dir=d.cache_dir, show_progress=show_progress)
-    train = build_pretraining_dataset(train_docs, tokenizer, dupe_factor=d.dupe_factor,
-                                      seed=cfg.train.seed, **common)
-    val = None
-    if val_docs:
-        val = build_pretraining_dataset(val_docs, tokenizer, dupe_factor=1, seed=cfg.train.seed + 1, **common)
+    train = build(train_docs, cfg.train.seed, d.dupe_factor)
+    val = build(val_docs, cfg.train.seed + 1, 1) if val_docs else None
     logger.info("data: %d documents (%d train / %d validation) → %d train and %d validation sequences of %d",
                 len(docs), len(train_docs), len(val_docs), len(train), len(val) if val is not None else 0,
                 d.seq_len)
-    return train, val, vocab_fingerprint(vocab_file), str(vocab_file)
+    return train, val, digest, vocab_name
 
 
 def _check_model_compatible(saved: dict, current: ModelConfig, where: Path) -> None:
@@ -102,26 +113,13 @@ def _git_commit() -> str | None:
 # Evaluation
 # --------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def evaluate(model, dataset, cfg: RunConfig, device, autocast) -> dict:
     model.eval()
-    mlm_loss_sum = nsp_loss_sum = 0.0
-    mlm_ok = mlm_n = nsp_ok = nsp_n = 0
-    for batch in sequential_batches(dataset, cfg.train.micro_batch_size, cfg.train.eval_batches):
-        batch = {k: batch[k].to(device) for k in BATCH_KEYS}
-        with autocast():
-            out = model(**batch)
-        c, n = masked_lm_correct(out.mlm_logits, batch["masked_lm_labels"])
-        mlm_ok, mlm_n = mlm_ok + c, mlm_n + n
-        mlm_loss_sum += float(out.mlm_loss) * n   # mean over this batch's masked tokens → token-weighted
-        c, n = next_sentence_correct(out.nsp_logits, batch["next_sentence_label"])
-        nsp_ok, nsp_n = nsp_ok + c, nsp_n + n
-        nsp_loss_sum += float(out.nsp_loss) * n
-    model.train()
-    mlm_loss, nsp_loss = mlm_loss_sum / max(mlm_n, 1), nsp_loss_sum / max(nsp_n, 1)
-    return {"eval_loss": mlm_loss + nsp_loss, "eval_mlm_loss": mlm_loss, "eval_nsp_loss": nsp_loss,
-            "eval_mlm_acc": mlm_ok / max(mlm_n, 1), "eval_nsp_acc": nsp_ok / max(nsp_n, 1),
-            "eval_sequences": nsp_n}
+    try:
+        return task_for(cfg.model.type).evaluate(model, dataset, cfg.train.micro_batch_size, cfg.train.eval_batches,
+                                                 device, autocast)
+    finally:
+        model.train()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,6 +136,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     show = cfg.logging.progress_bar
     train_set, val_set, vocab_digest, vocab_file = prepare_data(cfg, show_progress=show)
     model = build_model(cfg.model)
+    task = task_for(cfg.model.type)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     if cfg.model.init_checkpoint and resume_ckpt is None:
         init_from_checkpoint(model, cfg, vocab_digest)
@@ -159,9 +158,9 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                               cooldown_fraction=cfg.schedule.cooldown_fraction, last_step=step)
     if poptorch is not None:
         from groupbert.ipu.options import build_options
-        stepper = IPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg))
+        stepper = IPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg), task)
     else:
-        stepper = HostStepper(model, optimizer, schedule, cfg, device, autocast, update_metrics)
+        stepper = HostStepper(model, optimizer, schedule, cfg, device, autocast, task, update_metrics)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -190,8 +189,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         record = {"step": at_step, "kind": "eval", **evaluate(model, val_set, cfg, device, autocast)}
         record["eval_seconds"] = time.perf_counter() - t
         run_log.log(record)
-        logger.info("step %d validation: MLM loss %.3f, MLM acc %.3f, NSP acc %.3f", at_step,
-                    record["eval_mlm_loss"], record["eval_mlm_acc"], record["eval_nsp_acc"])
+        logger.info("step %d validation: %s", at_step, task.describe_eval(record))
         return record
 
     last_eval, saved_step = None, None
@@ -199,7 +197,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     try:
         if step == 0 and cfg.train.eval_at_start:
             last_eval = run_eval(0)
-        window = _Window()
+        window = _Window(task)
         bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not show, desc="pretrain", unit="step",
                    dynamic_ncols=True)
         n = stepper.steps_per_call
@@ -217,8 +215,8 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                 record = {"step": step, "kind": "train", **window.flush(), "lr": result.lr,
                           "grad_norm": result.grad_norm, "epoch": batches.epoch + batches.batch / len(batches)}
                 run_log.log(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", mlm_acc=f"{record['mlm_acc']:.3f}",
-                                seq_s=f"{record['samples_per_s']:.1f}")
+                bar.set_postfix({**{k: f"{record[k]:.3f}" for k in task.progress_keys},
+                                 "seq_s": f"{record['samples_per_s']:.1f}"})
             bar.update(n)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.max_steps:
                 last_eval = run_eval(step)
@@ -239,12 +237,13 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
 class _Window:
     """Running sums between two log records."""
 
-    def __init__(self):
+    def __init__(self, task):
+        self.task = task
         self.reset()
         self.last_loss = 0.0
 
     def reset(self):
-        self.sums = Sums()
+        self.sums = Sums(self.task.sum_names)
         self.seconds = self.samples = self.tokens = 0.0
 
     def add(self, sums: Sums, seconds: float, samples: int, seq_len: int):
@@ -252,12 +251,10 @@ class _Window:
         self.seconds += seconds
         self.samples += samples
         self.tokens += samples * seq_len
-        self.last_loss = sums.loss / max(sums.micro, 1)
+        self.last_loss = sums["loss"] / max(sums.micro, 1)
 
     def flush(self) -> dict:
-        s, m = self.sums, max(self.sums.micro, 1)
-        rec = {"loss": s.loss / m, "mlm_loss": s.mlm / m, "nsp_loss": s.nsp / m,
-               "mlm_acc": s.mlm_ok / max(s.mlm_n, 1), "nsp_acc": s.nsp_ok / max(s.nsp_n, 1),
+        rec = {**self.task.train_record(self.sums),
                "samples_per_s": self.samples / max(self.seconds, 1e-9),
                "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
         self.reset()

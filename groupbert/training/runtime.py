@@ -38,12 +38,26 @@ def setup_runtime(cfg: RunConfig) -> tuple[torch.device, Callable]:
     import random
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    _setup_custom_ops(cfg.runtime.custom_ops)
     device = select_device(cfg.runtime.backend)
     use_bf16 = cfg.runtime.precision == "bf16" or (cfg.runtime.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     return device, autocast
+
+
+def _setup_custom_ops(config_mode: str) -> None:
+    """Pick the C++ kernels or the PyTorch reference for this run and say which (an unbuilt library in
+    ``on`` mode is a CustomOpsError, reported with exit 2)."""
+    import os
+
+    import custom_ops
+    from custom_ops import _build
+    env = os.environ.get(_build.ENV_MODE)
+    custom_ops.set_mode(None if env else config_mode)
+    for name, how in custom_ops.status().items():
+        logger.info("custom op %s: %s%s", name, how, f" ({_build.ENV_MODE}={env})" if env else "")
 
 
 def build_run_optimizer(model: torch.nn.Module, cfg: RunConfig):

@@ -1,4 +1,5 @@
-"""One optimizer step (or one IPU host call of ``device_iterations`` steps) of MLM + NSP pretraining.
+"""One optimizer step (or one IPU host call of ``device_iterations`` steps) of pretraining, for any task
+(``groupbert.training.tasks``: MLM + NSP or causal LM), and the SQuAD IPU step.
 
 ``HostStepper`` runs on CPU/CUDA: ``micro_batches_per_step`` forward/backward passes, losses averaged,
 global gradient clipping, the optimizer step. ``IPUStepper`` hands the same micro-batches, concatenated
@@ -16,28 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from groupbert.metrics import IGNORE_INDEX
-
-BATCH_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_labels",
-              "next_sentence_label")
-
-
-@dataclass
-class Sums:
-    """Loss sums over micro-batches and accuracy counts; added up between two log records."""
-    loss: float = 0.0
-    mlm: float = 0.0
-    nsp: float = 0.0
-    micro: int = 0
-    mlm_ok: float = 0.0
-    mlm_n: float = 0.0
-    nsp_ok: float = 0.0
-    nsp_n: float = 0.0
-
-    def __iadd__(self, o: "Sums") -> "Sums":
-        for k in self.__dataclass_fields__:
-            setattr(self, k, getattr(self, k) + getattr(o, k))
-        return self
+from groupbert.training.tasks import Sums
 
 
 @dataclass
@@ -49,26 +29,25 @@ class StepResult:
 
 
 class HostStepper:
-    def __init__(self, model, optimizer, schedule, cfg, device, autocast, update_metrics=None):
+    def __init__(self, model, optimizer, schedule, cfg, device, autocast, task, update_metrics=None):
         self.model, self.optimizer, self.schedule, self.cfg = model, optimizer, schedule, cfg
-        self.device, self.autocast, self.update_metrics = device, autocast, update_metrics
+        self.device, self.autocast, self.task, self.update_metrics = device, autocast, task, update_metrics
         self.steps_per_call = 1
 
     def run(self, batches, step: int) -> StepResult:
-        cfg, ga = self.cfg, self.cfg.micro_batches_per_step
+        cfg, ga, task = self.cfg, self.cfg.micro_batches_per_step, self.task
         self.optimizer.zero_grad(set_to_none=True)
         measuring = self.update_metrics is not None and self.update_metrics.arm(step + 1)
-        # loss, mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n summed on the device: one host sync per step, not per
-        # micro-batch (which would stall a GPU after every forward)
-        acc = torch.zeros(7, device=self.device)
+        # the logging sums stay on the device: one host sync per step, not per micro-batch (which would
+        # stall a GPU after every forward)
+        acc = torch.zeros(len(task.sum_names), device=self.device)
         for _ in range(ga):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if k in BATCH_KEYS}
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if k in task.batch_keys}
             with self.autocast():
                 out = self.model(**batch)
             (out.loss / ga).backward()
-            acc += _logging_sums(out, batch["masked_lm_labels"], batch["next_sentence_label"])
-        loss, mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n = acc.tolist()
-        sums = Sums(loss, mlm, nsp, ga, mlm_ok, mlm_n, nsp_ok, nsp_n)
+            acc += task.sums(out, batch)
+        sums = Sums(task.sum_names, acc.tolist(), ga)
         max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         lr = self.optimizer.param_groups[0]["lr"]
@@ -87,50 +66,19 @@ class HostStepper:
         pass
 
 
-@torch.no_grad()
-def _logging_sums(out, masked_lm_labels: torch.Tensor, next_sentence_label: torch.Tensor) -> torch.Tensor:
-    """[loss, mlm_loss, nsp_loss, mlm correct, mlm scored, nsp correct, nsp count] of one micro-batch."""
-    scored = masked_lm_labels != IGNORE_INDEX
-    mlm_ok = ((out.mlm_logits.argmax(-1) == masked_lm_labels) & scored).sum()
-    nsp_ok = (out.nsp_logits.argmax(-1) == next_sentence_label).sum()
-    return torch.stack([out.loss.float(), out.mlm_loss.float(), out.nsp_loss.float(), mlm_ok.float(),
-                        scored.sum().float(), nsp_ok.float(),
-                        torch.tensor(float(next_sentence_label.numel()), device=mlm_ok.device)])
-
-
-class PretrainingOnDevice(nn.Module):
-    """What runs on the IPU: the loss for backward plus scalar sums for logging, so no logits cross
-    to the host. With ``OutputMode.Sum`` every output comes back summed over the host call."""
-
-    def __init__(self, model: nn.Module, poptorch):
-        super().__init__()
-        self.model, self._poptorch = model, poptorch
-
-    def forward(self, input_ids, token_type_ids, attention_mask, masked_lm_positions, masked_lm_labels,
-                next_sentence_label):
-        out = self.model(input_ids, token_type_ids, attention_mask, masked_lm_positions, masked_lm_labels,
-                         next_sentence_label)
-        scored = masked_lm_labels != IGNORE_INDEX
-        mlm_ok = ((out.mlm_logits.argmax(-1) == masked_lm_labels) & scored).sum().float()
-        nsp_ok = (out.nsp_logits.argmax(-1) == next_sentence_label).sum().float()
-        nsp_n = torch.ones_like(next_sentence_label, dtype=torch.float).sum()
-        return (out.mlm_loss, out.nsp_loss, mlm_ok, scored.sum().float(), nsp_ok, nsp_n,
-                self._poptorch.identity_loss(out.loss, reduction="none"))
-
-
 class IPUStepper:
-    def __init__(self, model, cfg, poptorch, optimizer, schedule, options):
-        self.cfg, self.poptorch, self.optimizer, self.schedule = cfg, poptorch, optimizer, schedule
+    def __init__(self, model, cfg, poptorch, optimizer, schedule, options, task):
+        self.cfg, self.poptorch, self.optimizer, self.schedule, self.task = cfg, poptorch, optimizer, schedule, task
         self.steps_per_call = cfg.ipu.device_iterations
-        self.device_model = PretrainingOnDevice(model, poptorch)
+        self.device_model = task.device_module(model, poptorch)
         self.executor = poptorch.trainingModel(self.device_model, options=options, optimizer=optimizer)
 
     def run(self, batches, step: int) -> StepResult:
         n_micro = self.steps_per_call * self.cfg.micro_batches_per_step
         micro = [next(batches) for _ in range(n_micro)]
-        combined = {k: torch.cat([b[k] for b in micro]) for k in BATCH_KEYS}
+        combined = {k: torch.cat([b[k] for b in micro]) for k in self.task.batch_keys}
         lr = self.optimizer.param_groups[0]["lr"]
-        mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n, loss = (float(t.sum()) for t in self.executor(**combined))
+        *rest, loss = (float(t.sum()) for t in self.executor(**combined))  # the task's sums, loss last
         # PopTorch changes hyperparameters per host call: advance the schedule, then upload it. The host
         # optimizer never steps (PopART updates on device), which LambdaLR would warn about.
         with warnings.catch_warnings():
@@ -138,7 +86,7 @@ class IPUStepper:
             for _ in range(self.steps_per_call):
                 self.schedule.step()
         self.executor.setOptimizer(self.optimizer)
-        return StepResult(Sums(loss, mlm, nsp, n_micro, mlm_ok, mlm_n, nsp_ok, nsp_n), lr)
+        return StepResult(Sums(self.task.sum_names, [loss, *rest], n_micro), lr)
 
     def sync_to_host(self) -> None:
         """Weights (and, through the optimizer object, its state) back on the host for eval/checkpoints.

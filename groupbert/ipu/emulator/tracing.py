@@ -177,7 +177,9 @@ class Trace(TorchFunctionMode):
             for t in _tensors(out):
                 key = _view_key(t)
                 if key is not None:
-                    self._producer.setdefault(key, s)
+                    # assign, not setdefault: the allocator reuses freed addresses, and a stale producer
+                    # would count a tensor made in this stage as one entering it
+                    self._producer[key] = s
         if func in LOSS_FUNCTIONS and RUNTIME.losses is not None and isinstance(out, torch.Tensor):
             RUNTIME.losses.append((out, kwargs.get("reduction", "mean"), func.__name__))
         return out

@@ -1,0 +1,177 @@
+"""GroupBERT's grouped convolution on CPU: the C++ channels-last op against transpose -> F.conv1d -> transpose.
+
+Both paths take the model's [batch, seq, hidden] activations and an ``nn.Conv1d`` weight, at GroupBERT
+Base shapes by default (batch 8, seq 128, hidden 768, kernel 7, 48 groups of 16 channels):
+- ``ours``: ``custom_ops.grouped_conv1d`` (``groupbert::grouped_conv1d`` and its backward op);
+- ``conv1d``: ``custom_ops.grouped_conv1d_reference``, i.e. what ``GroupBertConv`` did before: transpose,
+  ``F.conv1d(padding=K // 2, groups=G)``, transpose back.
+"fwd+bwd" is the forward and ``backward`` with autograd (input, weight and bias gradients), "fwd" the
+forward alone under ``torch.no_grad``. Same inputs, one process; after ``--warmup`` untimed calls, the
+four cases take turns for ``--repeats`` rounds and each reports its median. The outputs and gradients
+of the two paths are compared before timing. The 1-minute load average before and after goes in the
+JSON: numbers taken while other jobs share the cores are not worth quoting.
+
+Each new multi-MiB tensor can cost page faults: glibc returns freed memory at the top of the heap to the
+system (and maps the largest blocks afresh), so a loop allocating and freeing activations touches
+fresh pages every call, and the F.conv1d path, which allocates more (transposed copies), pays more for
+it. The cases are therefore timed twice: with glibc's defaults ("default allocator"), then after
+``mallopt`` tells it to keep freed memory ("retained allocator": compute and memory traffic only, the
+conservative comparison, closer to a long training run with a warmed-up caching allocator).
+
+    .venv/bin/python benchmarks/bench_grouped_conv.py --threads 2
+
+Prints a table and writes JSON to ``benchmarks/results/grouped_conv.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from custom_ops import _build  # noqa: E402
+from custom_ops.grouped_conv import grouped_conv1d, grouped_conv1d_reference, ops_ready  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--kernel", type=int, default=7)
+    p.add_argument("--group-size", type=int, default=16, help="channels per group (groups = hidden / this)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                     "grouped_conv.json"))
+    return p.parse_args()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    isa = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "pre-avx2"
+    return f"{name} ({isa})"
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc to keep freed memory mapped (no trimming, no per-block mmap); False if not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    return all(libc.mallopt(opt, val) == 1 for opt, val in (
+        (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 64 << 20), (M_MMAP_THRESHOLD, 32 << 20)))
+
+
+def time_cases(cases: dict, args) -> dict:
+    for _ in range(args.warmup):
+        for run in cases.values():
+            run()
+    times = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name, run in cases.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    return {"speedup": {"fwd+bwd": med["conv1d fwd+bwd"] / med["ours fwd+bwd"],
+                        "fwd": med["conv1d fwd"] / med["ours fwd"]},
+            "results": {name: {"median_ms": 1e3 * med[name], "min_ms": 1e3 * min(ts), "times_s": ts}
+                        for name, ts in times.items()}}
+
+
+def main():
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _build.set_mode("on")  # a benchmark of the C++ op: fail rather than time the reference twice
+    ops_ready()
+    dtype = DTYPES[args.dtype]
+    B, T, H, K = args.batch_size, args.seq_len, args.hidden, args.kernel
+    G = H // args.group_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, H, generator=g).to(dtype).requires_grad_(True)
+    w = (torch.randn(H, H // G, K, generator=g) * 0.1).to(dtype).requires_grad_(True)
+    b = torch.randn(H, generator=g).to(dtype).requires_grad_(True)
+    gy = torch.randn(B, T, H, generator=g).to(dtype)
+    paths = {"ours": grouped_conv1d, "conv1d": grouped_conv1d_reference}
+
+    def fwd_bwd(fn):
+        def run():
+            for t in (x, w, b):
+                t.grad = None
+            fn(x, w, b, G).backward(gy)
+        return run
+
+    def fwd(fn):
+        def run():
+            with torch.no_grad():
+                fn(x, w, b, G)
+        return run
+
+    # the two paths agree before anything is timed
+    outs = {}
+    for name, fn in paths.items():
+        fwd_bwd(fn)()
+        with torch.no_grad():
+            outs[name] = [fn(x, w, b, G).float()] + [t.grad.float() for t in (x, w, b)]
+    max_diff = {k: (a - r).abs().max().item() for k, a, r in zip(["output", "grad_input", "grad_weight", "grad_bias"],
+                                                                    outs["ours"], outs["conv1d"])}
+
+    cases = {"ours fwd+bwd": fwd_bwd(paths["ours"]), "conv1d fwd+bwd": fwd_bwd(paths["conv1d"]),
+             "ours fwd": fwd(paths["ours"]), "conv1d fwd": fwd(paths["conv1d"])}
+    load_before = list(os.getloadavg())
+    phases = {"default allocator": time_cases(cases, args)}
+    if retain_freed_memory():
+        phases["retained allocator"] = time_cases(cases, args)
+    load_after = list(os.getloadavg())
+
+    threads = torch.get_num_threads()
+    print(f"\ngrouped conv1d [B={B}, T={T}, H={H}], K={K}, {G} groups of {H // G}, {args.dtype}, cpu "
+          f"({cpu_name()}), {threads} threads, median of {args.repeats}; load {load_before[0]:.2f} -> "
+          f"{load_after[0]:.2f}")
+    print(f"{'':20s} {'':8s} {'ours ms':>9s} {'conv1d ms':>10s} {'speed-up':>9s}")
+    for phase, r in phases.items():
+        for kind in ("fwd+bwd", "fwd"):
+            print(f"{phase:20s} {kind:8s} {r['results']['ours ' + kind]['median_ms']:9.3f} "
+                  f"{r['results']['conv1d ' + kind]['median_ms']:10.3f} {r['speedup'][kind]:8.2f}x")
+    print("max |ours - conv1d|: " + ", ".join(f"{k} {v:.2e}" for k, v in max_diff.items()))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        commit = None
+    out = {"benchmark": "grouped_conv", "torch": torch.__version__, "python": platform.python_version(),
+           "device": "cpu", "cpu": cpu_name(), "threads": threads, "dtype": args.dtype, "git_commit": commit,
+           "shape": {"batch": B, "seq": T, "hidden": H, "kernel": K, "groups": G},
+           "repeats": args.repeats, "load_average_before": load_before, "load_average_at_end": load_after,
+           "max_abs_diff": max_diff, "phases": phases}
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

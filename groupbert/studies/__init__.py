@@ -1,0 +1,1 @@
+"""Experiments built from many training runs (each a normal ``run_pretraining.py`` run)."""
