@@ -8,8 +8,9 @@ run of ``configs/gpt2/tiny.yaml`` (trapezoidal schedule, 50% linear cooldown, Ad
 with ``--set`` overrides, run in ``--workers`` parallel processes of ``--threads`` threads each. The
 optimizers are the paper's: AdamW; AdamW without momentum bias correction; Lion; LionA; LionAR; LionAR
 with β=0.98, Nesterov momentum and inverse bias correction. Each optimizer's learning rates are its base
-rate times ``--lr-multipliers``; the Lion family starts 10× lower with 10× the weight decay, so ηλ (and
-with it LionAR's equilibrium angular update) matches AdamW's. Update-size metrics (ℓ2 norm, angular
+rate times ``--lr-multipliers`` (a ×4 ladder over 64×, wide enough that every optimizer's best rate is
+inside it and the top reaches instability); the Lion family starts 4× lower with 4× the weight decay, so
+ηλ (and with it LionAR's equilibrium angular update) matches AdamW's. Update-size metrics (ℓ2 norm, angular
 update, RRC) are logged every ``--update-every`` steps.
 
 Output in ``--out``: ``runs/<cell>/`` (each a full run directory with ``metrics.jsonl``), ``results.json``
@@ -46,16 +47,16 @@ logger = logging.getLogger("groupbert.studies.warmup")
 
 ADAM = {"optimizer.weight_decay": 0.1, "optimizer.beta1": 0.9, "optimizer.beta2": 0.95, "optimizer.eps": 1e-8}
 # Lion family: the optimizer's own betas (0.9, 0.99) or its preset's; ηλ kept equal to AdamW's.
-LION = {"optimizer.weight_decay": 1.0, "optimizer.beta1": "null", "optimizer.beta2": "null", "optimizer.eps": "null"}
+LION = {"optimizer.weight_decay": 0.4, "optimizer.beta1": "null", "optimizer.beta2": "null", "optimizer.eps": "null"}
 
 # id -> (label, optimizer.name, overrides, base learning rate)
 OPTIMIZERS: dict[str, tuple[str, str, dict, float]] = {
-    "adamw": ("AdamW", "adamw", ADAM, 2e-3),
-    "adamw_nobc": ("AdamW, no momentum bias corr.", "adamw_nobc", ADAM, 2e-3),
-    "lion": ("Lion", "lion", LION, 2e-4),
-    "lion_a": ("LionA", "lion_a", LION, 2e-4),
-    "lion_ar": ("LionAR", "lion_ar", LION, 2e-4),
-    "lion_ar_mom": ("LionAR, β=0.98 + Nesterov + inv. BC", "lion_ar_mom", LION, 2e-4),
+    "adamw": ("AdamW", "adamw", ADAM, 1e-3),
+    "adamw_nobc": ("AdamW, no momentum bias corr.", "adamw_nobc", ADAM, 1e-3),
+    "lion": ("Lion", "lion", LION, 2.5e-4),
+    "lion_a": ("LionA", "lion_a", LION, 2.5e-4),
+    "lion_ar": ("LionAR", "lion_ar", LION, 2.5e-4),
+    "lion_ar_mom": ("LionAR, β=0.98 + Nesterov + inv. BC", "lion_ar_mom", LION, 2.5e-4),
 }
 
 
@@ -81,7 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--config", default=str(REPO / "configs" / "gpt2" / "tiny.yaml"))
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS), help=f"subset of {','.join(OPTIMIZERS)}")
     p.add_argument("--warmups", default="0,0.05,0.2", help="warmup lengths as fractions of training")
-    p.add_argument("--lr-multipliers", default="0.5,1,2,4", help="times each optimizer's base lr")
+    p.add_argument("--lr-multipliers", default="0.25,1,4,16", help="times each optimizer's base lr")
     p.add_argument("--steps", type=int, default=240)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
