@@ -9,6 +9,7 @@ came from; the CLIs turn it into exit code 2 before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +183,10 @@ class LoggingConfig:
 class RuntimeConfig:
     backend: str = _f("auto", choices=("auto", "cpu", "cuda", "ipu", "ipu-model"))
     threads: Optional[int] = _f(None, gt=0)      # torch intra-op threads; None: torch's default
-    precision: str = _f("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"))  # auto: bf16 autocast on CUDA, fp32 on CPU; fp16 adds loss scaling
+    loss_scale: Union[float, str] = "dynamic"    # fp16: a fixed scale, or "dynamic" (halve + skip on inf/NaN, grow when stable)
+    loss_scale_init: float = _f(2.0 ** 16, gt=0.0)  # dynamic: first scale (torch GradScaler's default)
+    loss_scale_growth_interval: int = _f(2000, gt=0)  # dynamic: good steps in a row before the scale doubles
     # C++ kernels (custom_ops/): auto = use them where built, on = required, off = PyTorch reference.
     # The environment variable GROUPBERT_CUSTOM_OPS, when set, wins (it is how CI forces the fallback).
     custom_ops: str = _f("auto", choices=("auto", "on", "off"))
@@ -314,7 +318,12 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
-        return _check_type(value, non_none[0], key, source)
+        for alternative in non_none[:-1]:  # Union[float, str]: the first type that accepts the value
+            try:
+                return _check_type(value, alternative, key, source)
+            except ConfigError:
+                pass
+        return _check_type(value, non_none[-1], key, source)
     if value is None:
         raise ConfigError(f"must not be null (expected {_type_name(tp)})", key, source)
     if origin is list:
@@ -417,6 +426,12 @@ def _cross_checks(cfg: RunConfig, origins: dict, default_source: str) -> None:
     if cfg.warmup_steps > cfg.train.max_steps:
         fail("schedule.warmup", f"{cfg.warmup_steps} warmup steps exceed train.max_steps {cfg.train.max_steps}")
     _check_optimizer(cfg, origins, default_source)
+    scale = cfg.runtime.loss_scale
+    if isinstance(scale, str) and scale != "dynamic" or isinstance(scale, float) and not (0 < scale < math.inf):
+        fail("runtime.loss_scale", f"{scale!r} must be a positive number (a fixed scale) or 'dynamic'")
+    if cfg.runtime.precision == "fp16" and cfg.runtime.backend in ("ipu", "ipu-model"):
+        fail("runtime.precision", "fp16 with loss scaling is the host path's (CPU/CUDA); on the IPU backends "
+             "use ipu.half and ipu.loss_scaling")
     ipu = cfg.ipu
     if ipu.layers_per_ipu is not None:
         if any(n < 0 for n in ipu.layers_per_ipu) or sum(ipu.layers_per_ipu) != m.num_layers:

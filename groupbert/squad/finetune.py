@@ -34,6 +34,7 @@ from groupbert.squad.postprocess import postprocess_predictions, write_predictio
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
 from groupbert.training.pretrain import _git_commit
+from groupbert.training.precision import advance_schedule, build_loss_scaler
 from groupbert.training.runtime import build_run_optimizer, open_run, restore_run, setup_runtime
 from groupbert.training.run_log import RunLog
 from groupbert.training.steppers import QAIPUStepper
@@ -138,11 +139,12 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
     except ValueError as e:
         raise ConfigError(str(e), key="train.micro_batch_size") from None
+    scaler = build_loss_scaler(cfg.runtime, device)
     step, run_id = 0, uuid.uuid4().hex[:8]
     if resume_ckpt is not None:
         if resume_ckpt.state.get("task") != "squad":
             raise CheckpointError(f"{resume_ckpt.path} is not a SQuAD fine-tuning checkpoint")
-        step, saved_id = restore_run(resume_ckpt, model, optimizer, batches)
+        step, saved_id = restore_run(resume_ckpt, model, optimizer, batches, scaler)
         run_id = saved_id or run_id
     schedule = build_schedule(optimizer, name=cfg.schedule.name, warmup_steps=warmup_steps, total_steps=total_steps,
                               warmup_power=cfg.schedule.warmup_power, decay_power=cfg.schedule.decay_power,
@@ -168,7 +170,8 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
             ipu_stepper.sync_to_host()
         ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
             "task": "squad", "run_id": run_id, "data": batches.state_dict(), "model_config": asdict(cfg.model),
-            "vocab_sha256": vocab_digest, "vocab_file": str(vocab_file), "scheduler_step": at_step},
+            "vocab_sha256": vocab_digest, "vocab_file": str(vocab_file), "scheduler_step": at_step,
+            "loss_scaler": scaler.state_dict()},
             keep=cfg.train.keep_checkpoints)
 
     ga = cfg.micro_batches_per_step
@@ -190,12 +193,11 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                     batch = {k: v.to(device) for k, v in next(batches).items() if k in QA_KEYS}
                     with autocast():
                         out = model(**batch)
-                    (out.loss / ga).backward()
+                    scaler.backward(out.loss / ga)
                     loss_sum, n_micro = loss_sum + float(out.loss.detach()), n_micro + 1
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
                 lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                schedule.step()
+                grad_norm, _ = scaler.step(optimizer, model.parameters(), max_norm)  # unscale, clip, step/skip
+                advance_schedule(schedule)
                 advanced = 1
             step += advanced
             t_window += time.perf_counter() - t0
@@ -206,7 +208,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
             if step % cfg.logging.log_every == 0 or step == total_steps:
                 run_log.log({"step": step, "kind": "train", "loss": last_loss, "lr": lr, "grad_norm": grad_norm,
                              "epoch": batches.epoch + batches.batch / len(batches),
-                             "samples_per_s": samples / max(t_window, 1e-9)})
+                             "samples_per_s": samples / max(t_window, 1e-9), **scaler.record()})
                 bar.set_postfix(loss=f"{last_loss:.3f}")
                 loss_sum, n_micro, t_window, samples = 0.0, 0, 0.0, 0
             bar.update(advanced)

@@ -28,6 +28,7 @@ from groupbert.data.loader import EpochBatches
 from groupbert.models import build_model
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
+from groupbert.training.precision import build_loss_scaler
 from groupbert.training.run_log import RunLog
 from groupbert.training.runtime import build_run_optimizer, open_run, restore_run, setup_runtime
 from groupbert.training.steppers import HostStepper, IPUStepper
@@ -145,12 +146,13 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     optimizer, poptorch = build_run_optimizer(model, cfg)
     update_metrics = UpdateMetrics(model, cfg.logging.update_metrics_every) if cfg.logging.update_metrics_every else None
     batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
+    scaler = build_loss_scaler(cfg.runtime, device)
     step, run_id = 0, uuid.uuid4().hex[:8]
     if resume_ckpt is not None:
         _check_model_compatible(resume_ckpt.state["model_config"], cfg.model, resume_ckpt.path)
         if resume_ckpt.state.get("vocab_sha256") != vocab_digest:
             raise CheckpointError(f"{resume_ckpt.path} was trained with a different vocabulary")
-        step, saved_id = restore_run(resume_ckpt, model, optimizer, batches)
+        step, saved_id = restore_run(resume_ckpt, model, optimizer, batches, scaler)
         run_id = saved_id or run_id
     schedule = build_schedule(optimizer, name=cfg.schedule.name, warmup_steps=cfg.warmup_steps,
                               total_steps=cfg.train.max_steps, warmup_power=cfg.schedule.warmup_power,
@@ -160,7 +162,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         from groupbert.ipu.options import build_options
         stepper = IPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg), task)
     else:
-        stepper = HostStepper(model, optimizer, schedule, cfg, device, autocast, task, update_metrics)
+        stepper = HostStepper(model, optimizer, schedule, cfg, device, autocast, task, update_metrics, scaler)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -178,7 +180,8 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         stepper.sync_to_host()
         ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
             "run_id": run_id, "data": batches.state_dict(), "model_config": asdict(cfg.model),
-            "vocab_sha256": vocab_digest, "vocab_file": vocab_file, "scheduler_step": at_step},
+            "vocab_sha256": vocab_digest, "vocab_file": vocab_file, "scheduler_step": at_step,
+            "loss_scaler": scaler.state_dict()},
             keep=cfg.train.keep_checkpoints)
 
     def run_eval(at_step: int) -> dict | None:
@@ -213,7 +216,8 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                                          f"or check the data")
             if step % cfg.logging.log_every == 0 or step == cfg.train.max_steps:
                 record = {"step": step, "kind": "train", **window.flush(), "lr": result.lr,
-                          "grad_norm": result.grad_norm, "epoch": batches.epoch + batches.batch / len(batches)}
+                          "grad_norm": result.grad_norm, "epoch": batches.epoch + batches.batch / len(batches),
+                          **result.precision_record}
                 run_log.log(record)
                 bar.set_postfix({**{k: f"{record[k]:.3f}" for k in task.progress_keys},
                                  "seq_s": f"{record['samples_per_s']:.1f}"})

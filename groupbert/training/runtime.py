@@ -1,7 +1,6 @@
 """What every job sets up before it touches data: the run directory's state, the device, precision, seeds."""
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Callable, Optional
@@ -10,6 +9,7 @@ import torch
 
 from groupbert.config import ConfigError, RunConfig
 from groupbert.training import checkpoint as ckpt_io
+from groupbert.training.precision import autocast_context
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +34,13 @@ def open_run(run_dir: Path, resume: bool) -> Optional[ckpt_io.Checkpoint]:
 
 
 def setup_runtime(cfg: RunConfig) -> tuple[torch.device, Callable]:
-    """Threads, device, the autocast context (bf16 on CUDA by default) and the seeds."""
+    """Threads, device, the autocast context (bf16 on CUDA by default, ``runtime.precision``) and the seeds."""
     import random
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     _setup_custom_ops(cfg.runtime.custom_ops)
     device = select_device(cfg.runtime.backend)
-    use_bf16 = cfg.runtime.precision == "bf16" or (cfg.runtime.precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    autocast = autocast_context(cfg.runtime.precision, device)  # fp16's loss scaler: precision.build_loss_scaler
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     return device, autocast
@@ -79,10 +78,13 @@ def build_run_optimizer(model: torch.nn.Module, cfg: RunConfig):
     return build_ipu_optimizer(model, cfg), poptorch
 
 
-def restore_run(ckpt: ckpt_io.Checkpoint, model: torch.nn.Module, optimizer, batches) -> tuple[int, Optional[str]]:
-    """Weights, optimizer state, data position and RNG from ``ckpt``; returns (step, W&B run id)."""
+def restore_run(ckpt: ckpt_io.Checkpoint, model: torch.nn.Module, optimizer, batches,
+                scaler=None) -> tuple[int, Optional[str]]:
+    """Weights, optimizer state, fp16 loss scale, data position and RNG from ``ckpt``; returns (step, W&B run id)."""
     ckpt_io.load_model_weights(model, ckpt)
     ckpt_io.load_optimizer_state(optimizer, ckpt)
+    if scaler is not None:
+        scaler.load_state_dict(ckpt.state.get("loss_scaler"))
     try:
         batches.load_state_dict(ckpt.state["data"])
     except ValueError as e:

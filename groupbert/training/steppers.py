@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from groupbert.training.precision import LossScaler, advance_schedule
 from groupbert.training.tasks import Sums
 
 
@@ -26,12 +27,14 @@ class StepResult:
     lr: float
     grad_norm: float | None = None
     update_record: dict = field(default_factory=dict)
+    precision_record: dict = field(default_factory=dict)  # fp16: loss_scale, skipped_steps
 
 
 class HostStepper:
-    def __init__(self, model, optimizer, schedule, cfg, device, autocast, task, update_metrics=None):
+    def __init__(self, model, optimizer, schedule, cfg, device, autocast, task, update_metrics=None, scaler=None):
         self.model, self.optimizer, self.schedule, self.cfg = model, optimizer, schedule, cfg
         self.device, self.autocast, self.task, self.update_metrics = device, autocast, task, update_metrics
+        self.scaler = scaler if scaler is not None else LossScaler(device, enabled=False)
         self.steps_per_call = 1
 
     def run(self, batches, step: int) -> StepResult:
@@ -45,19 +48,19 @@ class HostStepper:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if k in task.batch_keys}
             with self.autocast():
                 out = self.model(**batch)
-            (out.loss / ga).backward()
+            self.scaler.backward(out.loss / ga)
             acc += task.sums(out, batch)
         sums = Sums(task.sum_names, acc.tolist(), ga)
         max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         lr = self.optimizer.param_groups[0]["lr"]
         if measuring:
             self.update_metrics.before_update()
-        self.optimizer.step()
-        self.schedule.step()
+        # unscale (fp16), clip, optimizer step unless a gradient overflowed
+        grad_norm, _ = self.scaler.step(self.optimizer, self.model.parameters(), max_norm)
+        advance_schedule(self.schedule)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        result = StepResult(sums, lr, grad_norm)
+        result = StepResult(sums, lr, grad_norm, precision_record=self.scaler.record())
         if measuring:
             result.update_record = self.update_metrics.after_update()
         return result
