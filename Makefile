@@ -45,6 +45,8 @@ bench: setup
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_grouped_conv.py
 	$(PY) benchmarks/bench_fused_optim.py
+	$(PY) benchmarks/bench_custom_ops_step.py
+	$(PY) benchmarks/bench_gpt2_step.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
