@@ -34,6 +34,8 @@ from groupbert.squad.postprocess import postprocess_predictions, write_predictio
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
 from groupbert.training.pretrain import _git_commit
+from groupbert.training.distributed import (NullRunLog, check_world_size, cleanup, no_sync, setup_distributed,
+                                            wrap_model)
 from groupbert.training.precision import advance_schedule, build_loss_scaler
 from groupbert.training.runtime import build_run_optimizer, open_run, restore_run, setup_runtime
 from groupbert.training.run_log import RunLog
@@ -101,6 +103,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     run_dir = Path(output_dir)
     resume_ckpt = open_run(run_dir, resume)
     device, autocast = setup_runtime(cfg)
+    dist_env, device = setup_distributed(cfg, device)  # torchrun: this rank's share; else one process
 
     # ---- data ----
     s, d = cfg.squad, cfg.data
@@ -136,7 +139,8 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                           f"{cfg.ipu.device_iterations}", key="ipu.device_iterations")
     optimizer, poptorch = build_run_optimizer(model, cfg)
     try:
-        batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
+        batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed, rank=dist_env.rank,
+                               world_size=dist_env.world_size)
     except ValueError as e:
         raise ConfigError(str(e), key="train.micro_batch_size") from None
     scaler = build_loss_scaler(cfg.runtime, device)
@@ -155,17 +159,23 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         from groupbert.ipu.options import build_options
         ipu_stepper = QAIPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg))
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    run_log = RunLog(run_dir, cfg, run_id, resume_step=step if resume_ckpt is not None else None)
+    if dist_env.is_main:  # rank 0 writes the run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        run_log = RunLog(run_dir, cfg, run_id, resume_step=step if resume_ckpt is not None else None)
+    else:
+        run_log = NullRunLog()
     if resume_ckpt is None:
         run_log.log({"step": 0, "kind": "run", "task": "squad", "parameters": n_params, "device": str(device),
+                     "world_size": dist_env.world_size,
                      "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
                      "init_checkpoint": init_from, "total_steps": total_steps, "warmup_steps": warmup_steps,
                      "train_features": len(train_features), "dev_features": len(dev_features),
                      "train_data": train_report.as_dict(), "dev_data": dev_report.as_dict()})
 
     def save(at_step: int) -> None:
+        if not dist_env.is_main:  # the weights and optimizer state are the same on every rank
+            return
         if ipu_stepper is not None:
             ipu_stepper.sync_to_host()
         ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
@@ -174,12 +184,13 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
             "loss_scaler": scaler.state_dict()},
             keep=cfg.train.keep_checkpoints)
 
-    ga = cfg.micro_batches_per_step
+    ga = check_world_size(cfg, dist_env.world_size)  # this rank's micro-batches per step
+    train_model = wrap_model(model, dist_env, device)  # DDP under torchrun
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
     exit_code, saved_step = 1, None
     try:
-        bar = tqdm(total=total_steps, initial=step, disable=not cfg.logging.progress_bar, desc="squad",
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total_steps, initial=step, disable=not (cfg.logging.progress_bar and dist_env.is_main),
+                   desc="squad", unit="step", dynamic_ncols=True)
         loss_sum, n_micro, t_window, samples = 0.0, 0, 0.0, 0
         while step < total_steps:
             t0 = time.perf_counter()
@@ -189,12 +200,16 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                 advanced = ipu_stepper.steps_per_call
             else:
                 optimizer.zero_grad(set_to_none=True)
-                for _ in range(ga):
+                step_loss = torch.zeros(1, device=device)
+                for i in range(ga):
                     batch = {k: v.to(device) for k, v in next(batches).items() if k in QA_KEYS}
-                    with autocast():
-                        out = model(**batch)
-                    scaler.backward(out.loss / ga)
-                    loss_sum, n_micro = loss_sum + float(out.loss.detach()), n_micro + 1
+                    with no_sync(train_model, sync=i == ga - 1):  # DDP all-reduces after the last micro-batch
+                        with autocast():
+                            out = train_model(**batch)
+                        scaler.backward(out.loss / ga)
+                    step_loss += out.loss.detach().float()
+                loss_sum += float(dist_env.all_reduce_sum(step_loss))  # all ranks' micro-batches
+                n_micro += ga * dist_env.world_size
                 lr = optimizer.param_groups[0]["lr"]
                 grad_norm, _ = scaler.step(optimizer, model.parameters(), max_norm)  # unscale, clip, step/skip
                 advance_schedule(schedule)
@@ -218,6 +233,9 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         bar.close()
         if saved_step != step and (resume_ckpt is None or step > resume_ckpt.step):
             save(step)
+        if not dist_env.is_main:  # rank 0 evaluates the dev set
+            exit_code = 0
+            return {}
 
         t = time.perf_counter()
         if ipu_stepper is not None:  # evaluation runs the host model
@@ -240,4 +258,5 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         exit_code = 0
     finally:
         run_log.close(exit_code)
+        cleanup(dist_env, exit_code == 0)
     return results

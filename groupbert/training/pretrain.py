@@ -28,6 +28,7 @@ from groupbert.data.loader import EpochBatches
 from groupbert.models import build_model
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
+from groupbert.training.distributed import NullRunLog, cleanup, setup_distributed, wrap_model
 from groupbert.training.precision import build_loss_scaler
 from groupbert.training.run_log import RunLog
 from groupbert.training.runtime import build_run_optimizer, open_run, restore_run, setup_runtime
@@ -133,9 +134,11 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     resume_ckpt = open_run(run_dir, resume)
 
     device, autocast = setup_runtime(cfg)
+    dist_env, device = setup_distributed(cfg, device)  # torchrun: this rank's share; else one process
 
-    show = cfg.logging.progress_bar
-    train_set, val_set, vocab_digest, vocab_file = prepare_data(cfg, show_progress=show)
+    show = cfg.logging.progress_bar and dist_env.is_main
+    with dist_env.main_first():  # rank 0 fills the tokenised-data cache, the others read it
+        train_set, val_set, vocab_digest, vocab_file = prepare_data(cfg, show_progress=show)
     model = build_model(cfg.model)
     task = task_for(cfg.model.type)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -145,7 +148,8 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
 
     optimizer, poptorch = build_run_optimizer(model, cfg)
     update_metrics = UpdateMetrics(model, cfg.logging.update_metrics_every) if cfg.logging.update_metrics_every else None
-    batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed)
+    batches = EpochBatches(train_set, cfg.train.micro_batch_size, seed=cfg.train.seed, rank=dist_env.rank,
+                           world_size=dist_env.world_size)
     scaler = build_loss_scaler(cfg.runtime, device)
     step, run_id = 0, uuid.uuid4().hex[:8]
     if resume_ckpt is not None:
@@ -162,13 +166,18 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         from groupbert.ipu.options import build_options
         stepper = IPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg), task)
     else:
-        stepper = HostStepper(model, optimizer, schedule, cfg, device, autocast, task, update_metrics, scaler)
+        stepper = HostStepper(wrap_model(model, dist_env, device), optimizer, schedule, cfg, device, autocast, task,
+                              update_metrics, scaler, dist_env)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    run_log = RunLog(run_dir, cfg, run_id, resume_step=step if resume_ckpt is not None else None)
+    if dist_env.is_main:  # rank 0 writes the run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        run_log = RunLog(run_dir, cfg, run_id, resume_step=step if resume_ckpt is not None else None)
+    else:
+        run_log = NullRunLog()
     if resume_ckpt is None:
         run_log.log({"step": 0, "kind": "run", "parameters": n_params, "device": str(device),
+                     "world_size": dist_env.world_size,
                      "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
                      "train_sequences": len(train_set),
                      "validation_sequences": len(val_set) if val_set is not None else 0})
@@ -177,6 +186,8 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                 cfg.data.seq_len)
 
     def save(at_step: int) -> None:
+        if not dist_env.is_main:  # the weights and optimizer state are the same on every rank
+            return
         stepper.sync_to_host()
         ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
             "run_id": run_id, "data": batches.state_dict(), "model_config": asdict(cfg.model),
@@ -185,7 +196,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
             keep=cfg.train.keep_checkpoints)
 
     def run_eval(at_step: int) -> dict | None:
-        if val_set is None:
+        if val_set is None or not dist_env.is_main:  # rank 0 evaluates the whole split
             return None
         t = time.perf_counter()
         stepper.sync_to_host()  # evaluation runs the host model
@@ -235,6 +246,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         exit_code = 0
     finally:
         run_log.close(exit_code)
+        cleanup(dist_env, exit_code == 0)
     return last_eval or {}
 
 

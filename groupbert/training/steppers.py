@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from groupbert.training.distributed import DistEnv, check_world_size, no_sync
 from groupbert.training.precision import LossScaler, advance_schedule
 from groupbert.training.tasks import Sums
 
@@ -31,26 +32,31 @@ class StepResult:
 
 
 class HostStepper:
-    def __init__(self, model, optimizer, schedule, cfg, device, autocast, task, update_metrics=None, scaler=None):
+    def __init__(self, model, optimizer, schedule, cfg, device, autocast, task, update_metrics=None, scaler=None,
+                 dist_env=None):
+        """``model`` is what runs forward/backward: the DDP wrapper under torchrun (``dist_env``)."""
         self.model, self.optimizer, self.schedule, self.cfg = model, optimizer, schedule, cfg
         self.device, self.autocast, self.task, self.update_metrics = device, autocast, task, update_metrics
         self.scaler = scaler if scaler is not None else LossScaler(device, enabled=False)
+        self.dist = dist_env if dist_env is not None else DistEnv()
         self.steps_per_call = 1
 
     def run(self, batches, step: int) -> StepResult:
-        cfg, ga, task = self.cfg, self.cfg.micro_batches_per_step, self.task
+        cfg, task = self.cfg, self.task
+        ga = check_world_size(cfg, self.dist.world_size)  # this rank's share of the step's micro-batches
         self.optimizer.zero_grad(set_to_none=True)
         measuring = self.update_metrics is not None and self.update_metrics.arm(step + 1)
         # the logging sums stay on the device: one host sync per step, not per micro-batch (which would
         # stall a GPU after every forward)
         acc = torch.zeros(len(task.sum_names), device=self.device)
-        for _ in range(ga):
+        for i in range(ga):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if k in task.batch_keys}
-            with self.autocast():
-                out = self.model(**batch)
-            self.scaler.backward(out.loss / ga)
+            with no_sync(self.model, sync=i == ga - 1):  # DDP all-reduces once, after the last micro-batch
+                with self.autocast():
+                    out = self.model(**batch)
+                self.scaler.backward(out.loss / ga)  # DDP then averages over ranks: the global mean
             acc += task.sums(out, batch)
-        sums = Sums(task.sum_names, acc.tolist(), ga)
+        sums = Sums(task.sum_names, self.dist.all_reduce_sum(acc).tolist(), ga * self.dist.world_size)
         max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
         lr = self.optimizer.param_groups[0]["lr"]
         if measuring:
