@@ -40,6 +40,9 @@ def setup_runtime(cfg: RunConfig) -> tuple[torch.device, Callable]:
         torch.set_num_threads(cfg.runtime.threads)
     _setup_custom_ops(cfg.runtime.custom_ops)
     device = select_device(cfg.runtime.backend)
+    if device.type == "cuda":
+        logger.info("custom ops are CPU kernels: on CUDA the conv runs cuDNN through F.conv1d and the optimizers "
+                    "their foreach path")
     autocast = autocast_context(cfg.runtime.precision, device)  # fp16's loss scaler: precision.build_loss_scaler
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
