@@ -418,7 +418,7 @@ def _cross_checks(cfg: RunConfig, origins: dict, default_source: str) -> None:
             fail("model.conv_kernel_size", "must be odd for 'same' padding")
     if d.seq_len > m.max_positions:
         fail("data.seq_len", f"{d.seq_len} exceeds model.max_positions {m.max_positions}")
-    if d.max_predictions > d.seq_len:
+    if m.type != "gpt2" and d.max_predictions > d.seq_len:  # masked-LM only; GPT-2 ignores it
         fail("data.max_predictions", f"{d.max_predictions} exceeds data.seq_len {d.seq_len}")
     w = cfg.schedule.warmup
     if w >= 1 and w != int(w):

@@ -79,7 +79,7 @@ class Cell:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/warmup-study", help="study directory (resumes if it exists)")
-    p.add_argument("--config", default=str(REPO / "configs" / "gpt2" / "tiny.yaml"))
+    p.add_argument("--config", default="configs/gpt2/tiny.yaml", help="relative to the working directory or the repo")
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS), help=f"subset of {','.join(OPTIMIZERS)}")
     p.add_argument("--warmups", default="0,0.05,0.2", help="warmup lengths as fractions of training")
     p.add_argument("--lr-multipliers", default="0.25,1,4,16", help="times each optimizer's base lr")
@@ -110,6 +110,12 @@ def build_grid(args) -> list[Cell]:
             for m in _floats(args.lr_multipliers)]
 
 
+def _config_path(args) -> Path:
+    """``--config`` as given if it exists, else relative to the repo (the runs start in the repo root)."""
+    path = Path(args.config)
+    return path.resolve() if path.exists() else REPO / path
+
+
 def prepare_vocab(args, out: Path) -> list[str]:
     """The study's BPE (trained once, kept in the study directory) as run overrides."""
     if args.vocab_size == 0:
@@ -122,7 +128,7 @@ def prepare_vocab(args, out: Path) -> list[str]:
         from groupbert.data.causal import train_bpe
         from groupbert.data.corpus import load_corpus
 
-        data = load_config(args.config).data
+        data = load_config(_config_path(args)).data
         train_bpe(load_corpus(data.corpus, text_field=data.text_field, max_documents=data.max_documents),
                   args.vocab_size, bpe_dir)
     return [f"data.vocab_file={encoder.resolve()}", f"model.vocab_size={args.vocab_size}"]
@@ -171,9 +177,9 @@ def run_cell(cell: Cell, args, out: Path, vocab_sets: list[str]) -> Cell:
         return cell
     cmd = [sys.executable, str(REPO / "run_pretraining.py")]
     if (run_dir / "checkpoints" / "latest").exists():
-        cmd += ["--resume", str(run_dir)]  # the run's own config.yaml is the one to continue
+        cmd += ["--resume", str(run_dir.resolve())]  # the run's own config.yaml is the one to continue
     else:
-        cmd += ["--config", args.config, "--output-dir", str(run_dir)]
+        cmd += ["--config", str(_config_path(args)), "--output-dir", str(run_dir.resolve())]
         for s in run_overrides(cell, args, vocab_sets):
             cmd += ["--set", s]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
