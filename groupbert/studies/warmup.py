@@ -1,6 +1,6 @@
 """The warmup study of Kosson, Messmer & Jaggi (NeurIPS 2024, arXiv 2410.23922) on tiny GPT-2, one command.
 
-    python -m groupbert.studies.warmup --out runs/warmup-study          # default grid: 36 min on 2 cores shared with other jobs
+    python -m groupbert.studies.warmup --out runs/warmup-study          # default grid: ≈ 15 min on 2 idle cores
     python -m groupbert.studies.warmup --out runs/warmup-study --workers 4 --steps 600
 
 A grid over optimizer × warmup length × learning rate. Every cell is an ordinary ``run_pretraining.py``
