@@ -9,7 +9,8 @@ import math
 import torch
 
 from groupbert.config import RunConfig
-from groupbert.ipu import poptorch
+from groupbert.ipu import USING_EMULATOR, poptorch
+from groupbert.ipu.popdist import build_popdist_options, popdist_env
 from groupbert.training.optim import optimizer_kwargs
 from optimizers import param_groups
 from optimizers.registry import resolve
@@ -19,9 +20,13 @@ logger = logging.getLogger(__name__)
 
 def build_options(cfg: RunConfig, training: bool = True):
     ipu = cfg.ipu
-    opts = poptorch.Options()
+    pod = popdist_env()
+    if pod is not None:                                             # under poprun: popdist.poptorch.Options
+        opts = build_popdist_options(poptorch, pod, USING_EMULATOR)  # local replicas + instance id from the env
+    else:
+        opts = poptorch.Options()
+        opts.replicationFactor(ipu.replication_factor)              # data-parallel replicas
     opts.deviceIterations(ipu.device_iterations)                    # optimizer steps per host call
-    opts.replicationFactor(ipu.replication_factor)                  # data-parallel replicas
     opts.randomSeed(cfg.train.seed)                                 # IPU RNG (and torch's) for dropout / shuffling
     if training:
         opts.Training.gradientAccumulation(cfg.train.gradient_accumulation)  # micro-batches per update, per replica

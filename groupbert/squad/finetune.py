@@ -157,7 +157,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     ipu_stepper = None
     if poptorch is not None:
         from groupbert.ipu.options import build_options
-        ipu_stepper = QAIPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg))
+        ipu_stepper = QAIPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg), dist_env)
 
     if dist_env.is_main:  # rank 0 writes the run directory
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
             keep=cfg.train.keep_checkpoints)
 
     ga = check_world_size(cfg, dist_env.world_size)  # this rank's micro-batches per step
-    train_model = wrap_model(model, dist_env, device)  # DDP under torchrun
+    train_model = wrap_model(model, dist_env, device) if ipu_stepper is None else model  # DDP under torchrun
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
     exit_code, saved_step = 1, None
     try:

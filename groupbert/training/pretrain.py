@@ -164,7 +164,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                               cooldown_fraction=cfg.schedule.cooldown_fraction, last_step=step)
     if poptorch is not None:
         from groupbert.ipu.options import build_options
-        stepper = IPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg), task)
+        stepper = IPUStepper(model, cfg, poptorch, optimizer, schedule, build_options(cfg), task, dist_env)
     else:
         stepper = HostStepper(wrap_model(model, dist_env, device), optimizer, schedule, cfg, device, autocast, task,
                               update_metrics, scaler, dist_env)

@@ -76,18 +76,23 @@ class HostStepper:
 
 
 class IPUStepper:
-    def __init__(self, model, cfg, poptorch, optimizer, schedule, options, task):
+    """Under PopRun (``dist_env``: one process per instance) each instance feeds its own replicas: its
+    share of the step's micro-batches, and the logging sums are added up over the instances."""
+
+    def __init__(self, model, cfg, poptorch, optimizer, schedule, options, task, dist_env=None):
         self.cfg, self.poptorch, self.optimizer, self.schedule, self.task = cfg, poptorch, optimizer, schedule, task
+        self.dist = dist_env if dist_env is not None else DistEnv()
         self.steps_per_call = cfg.ipu.device_iterations
         self.device_model = task.device_module(model, poptorch)
         self.executor = poptorch.trainingModel(self.device_model, options=options, optimizer=optimizer)
 
     def run(self, batches, step: int) -> StepResult:
-        n_micro = self.steps_per_call * self.cfg.micro_batches_per_step
+        n_micro = self.steps_per_call * check_world_size(self.cfg, self.dist.world_size)
         micro = [next(batches) for _ in range(n_micro)]
         combined = {k: torch.cat([b[k] for b in micro]) for k in self.task.batch_keys}
         lr = self.optimizer.param_groups[0]["lr"]
-        *rest, loss = (float(t.sum()) for t in self.executor(**combined))  # the task's sums, loss last
+        outs = torch.stack([t.sum().double() for t in self.executor(**combined)])
+        *rest, loss = self.dist.all_reduce_sum(outs).tolist()  # the task's sums, loss last; all instances
         # PopTorch changes hyperparameters per host call: advance the schedule, then upload it. The host
         # optimizer never steps (PopART updates on device), which LambdaLR would warn about.
         with warnings.catch_warnings():
@@ -95,7 +100,7 @@ class IPUStepper:
             for _ in range(self.steps_per_call):
                 self.schedule.step()
         self.executor.setOptimizer(self.optimizer)
-        return StepResult(Sums(self.task.sum_names, [loss, *rest], n_micro), lr)
+        return StepResult(Sums(self.task.sum_names, [loss, *rest], n_micro * self.dist.world_size), lr)
 
     def sync_to_host(self) -> None:
         """Weights (and, through the optimizer object, its state) back on the host for eval/checkpoints.
@@ -121,18 +126,21 @@ class QAIPUStepper:
 
     KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
 
-    def __init__(self, model, cfg, poptorch, optimizer, schedule, options):
+    def __init__(self, model, cfg, poptorch, optimizer, schedule, options, dist_env=None):
         self.cfg, self.optimizer, self.schedule = cfg, optimizer, schedule
+        self.dist = dist_env if dist_env is not None else DistEnv()
         self.steps_per_call = cfg.ipu.device_iterations
         self.executor = poptorch.trainingModel(QAOnDevice(model, poptorch), options=options, optimizer=optimizer)
 
     def run(self, batches) -> tuple[float, int, float]:
         """Returns (sum of micro-batch losses, number of micro-batches, lr used)."""
-        n_micro = self.steps_per_call * self.cfg.micro_batches_per_step
+        n_micro = self.steps_per_call * check_world_size(self.cfg, self.dist.world_size)
         micro = [next(batches) for _ in range(n_micro)]
         combined = {k: torch.cat([b[k] for b in micro]) for k in self.KEYS}
         lr = self.optimizer.param_groups[0]["lr"]
-        loss = float(self.executor(**combined).sum())  # OutputMode.Sum: summed over the host call
+        # OutputMode.Sum: summed over the host call; under PopRun also over the instances
+        loss = float(self.dist.all_reduce_sum(self.executor(**combined).sum().double().reshape(1)))
+        n_micro *= self.dist.world_size
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             for _ in range(self.steps_per_call):

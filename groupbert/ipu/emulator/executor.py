@@ -435,6 +435,8 @@ class PoplarExecutor:
     def _update(self, params: List[torch.nn.Parameter], extra: List[torch.nn.Parameter],
                 loss_scaling: float) -> None:
         with_grad = [p for p in params if p.grad is not None]
+        if self._options.Distributed.numProcesses > 1:  # PopDist: the other instances' replicas
+            _reduce_across_instances(with_grad, self._options)
         if loss_scaling != 1.0:
             for p in with_grad:
                 p.grad.div_(loss_scaling)
@@ -444,6 +446,27 @@ class PoplarExecutor:
         optim.apply_update(self._optimizer, self._hyper, extra)
         for p in params:
             p.grad = None
+
+
+def _reduce_across_instances(grads_of: List[torch.nn.Parameter], options: Options) -> None:
+    """Several PopDist instances form one replica group: on the IPU the gradients are all-reduced over
+    the IPU-Links; here over the host's ``torch.distributed`` group (gloo), one process per instance.
+    Each instance has already reduced its own replicas (1 / (GA x local replicas) under Mean), so Mean
+    divides the sum by the instance count: the mean over all replicas."""
+    import torch.distributed as dist
+    n = options.Distributed.numProcesses
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != n:
+        raise RuntimeError(f"the emulator runs {n} PopDist instances as {n} processes and reduces their "
+                           f"gradients over torch.distributed: initialise a process group of {n} ranks "
+                           f"(gloo) before the first call")
+    if not grads_of:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in grads_of])
+    dist.all_reduce(flat)
+    if options.Training.accumulation_and_replication_reduction_type == enums.ReductionType.Mean:
+        flat /= n
+    for p, g in zip(grads_of, flat.split([p.numel() for p in grads_of])):
+        p.grad.copy_(g.view_as(p.grad))
 
 
 def _is_wrapped(model: torch.nn.Module) -> bool:
