@@ -1,6 +1,7 @@
 """Command-line plumbing shared by ``run_pretraining.py`` and ``run_squad.py``.
 
-Options: ``--config FILE``, ``--set key=value`` (repeatable), ``--output-dir DIR``, ``--backend B``,
+Options: ``--config FILE``, ``--set key=value`` (repeatable; ``--key=value`` with a dotted key, as
+``wandb agent`` passes sweep parameters, is the same), ``--output-dir DIR``, ``--backend B``,
 ``--resume DIR``. Exit codes: 0 success, 2 bad configuration or input (the message names the key or
 file), 1 anything else.
 """
@@ -57,7 +58,9 @@ def resolve_run(args: argparse.Namespace) -> tuple[RunConfig, Path]:
 
 
 def main(description: str, job: Callable[[RunConfig, Path, bool], dict], argv: list[str] | None = None) -> int:
-    args = build_parser(description).parse_args(argv)
+    parser = build_parser(description)
+    args, extra = parser.parse_known_args(argv)
+    args.overrides += _dotted_overrides(parser, extra)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("groupbert")
@@ -75,6 +78,18 @@ def main(description: str, job: Callable[[RunConfig, Path, bool], dict], argv: l
         log.exception("failed: %s", e)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _dotted_overrides(parser: argparse.ArgumentParser, extra: list[str]) -> list[str]:
+    """``--section.key=value`` (how ``wandb agent`` passes a sweep's parameters) as ``--set section.key=value``;
+    any other unknown argument is the usual argparse error."""
+    out = []
+    for arg in extra:
+        if arg.startswith("--") and "=" in arg and "." in arg.split("=", 1)[0]:
+            out.append(arg[2:])
+        else:
+            parser.error(f"unrecognized argument: {arg}")
+    return out
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:

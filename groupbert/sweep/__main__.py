@@ -1,0 +1,79 @@
+"""``python -m groupbert.sweep FILE [--agents N] [--sweep-dir DIR]``: run a sweep locally.
+
+Starts N agent processes sharing ``DIR`` (default ``runs/sweeps/<file name>``), waits for them, and
+writes the report there. Run the same command again to resume an interrupted sweep: finished, stopped,
+failed and diverged runs are kept; a run that was cut off is taken up again from its last checkpoint.
+Exit codes: 0 done, 2 bad sweep file (the message names the key), 1 an agent failed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from groupbert.sweep.agent import run_agent
+from groupbert.sweep.report import write_report
+from groupbert.sweep.spec import REPO, SweepError, load_sweep
+from groupbert.sweep.store import RunStore
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m groupbert.sweep", description=__doc__.splitlines()[0])
+    p.add_argument("file", type=Path, help="sweep file in W&B's schema (configs/sweeps/)")
+    p.add_argument("--sweep-dir", type=Path, help="run store and report (default runs/sweeps/<file name>)")
+    p.add_argument("--agents", type=int, default=1, help="agent processes on this machine")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between metric reads of a running run")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from the store")
+    p.add_argument("--agent", action="store_true", help=argparse.SUPPRESS)  # one agent, no report
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        sweep = load_sweep(args.file)
+        if args.agents < 1:
+            raise SweepError("--agents must be at least 1")
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sweep_dir = args.sweep_dir or Path("runs") / "sweeps" / args.file.stem
+    store = RunStore(sweep_dir)
+    saved = sweep_dir / "sweep.yaml"
+    if saved.exists() and yaml.safe_load(saved.read_text()) != sweep.config:
+        print(f"error: {sweep_dir} holds a different sweep ({saved}); use another --sweep-dir", file=sys.stderr)
+        return 2
+    if not saved.exists():
+        shutil.copyfile(args.file, saved)
+    if args.agent:
+        run_agent(sweep, store, poll=args.poll)
+        return 0
+    if not args.report_only:
+        cmd = [sys.executable, "-m", "groupbert.sweep", str(args.file.resolve()), "--sweep-dir",
+               str(sweep_dir.resolve()), "--poll", str(args.poll), "--agent"]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        agents = [subprocess.Popen(cmd, env=env) for _ in range(args.agents)]
+        try:
+            codes = [a.wait() for a in agents]
+        except KeyboardInterrupt:
+            for a in agents:
+                a.terminate()
+            print("interrupted: run the same command again to resume", file=sys.stderr)
+            return 1
+        if any(codes):
+            print(f"error: agent exit codes {codes}", file=sys.stderr)
+    print(write_report(sweep, store))
+    print(f"report: {sweep_dir}/results.md, results.csv, plots/")
+    return 0 if args.report_only or not any(codes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The sweep's report, written next to it: ``results.md`` / ``results.csv`` (one row per run, best
+first) and ``plots/``: the metric against each parameter (diverged runs as red crosses at the top
+edge, stopped runs hollow), and the best run's metric over its steps."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from groupbert.sweep.spec import Sweep
+from groupbert.sweep.store import RunStore
+
+
+def final_value(record: dict, metric: str) -> float | None:
+    vals = [h[metric] for h in record.get("history", []) if isinstance(h.get(metric), (int, float))
+            and math.isfinite(h[metric])]
+    return vals[-1] if vals else None
+
+
+def ranked(sweep: Sweep, records: list[dict]) -> list[dict]:
+    def key(r):
+        v = final_value(r, sweep.metric)
+        return (v is None, -v if (v is not None and sweep.maximize) else (v if v is not None else 0.0))
+    return sorted(records, key=key)
+
+
+def runs_to_best(sweep: Sweep, records: list[dict]) -> int | None:
+    """How many runs (in start order) the sweep needed before its best value appeared."""
+    best, at = None, None
+    for r in sorted(records, key=lambda r: r["index"]):
+        v = final_value(r, sweep.metric)
+        if v is not None and (best is None or (v > best if sweep.maximize else v < best)):
+            best, at = v, r["index"] + 1
+    return at
+
+
+def write_report(sweep: Sweep, store: RunStore) -> str:
+    records = store.records()
+    params = list(sweep.config["parameters"])
+    rows = ranked(sweep, records)
+    goal = "max" if sweep.maximize else "min"
+    lines = [f"# Sweep `{sweep.path.name}`: {sweep.config['method']}, metric `{sweep.metric}` ({goal})", "",
+             f"{len(records)} runs: " + ", ".join(f"{sum(r['state'] == s for r in records)} {s}"
+                                                   for s in ("finished", "stopped", "diverged", "failed", "running",
+                                                             "preempted") if any(r['state'] == s for r in records)),
+             f"; best after {runs_to_best(sweep, records)} runs.", "",
+             "| run | " + " | ".join(params) + f" | {sweep.metric} | state | values logged | seconds |",
+             "|---|" + "---|" * (len(params) + 4)]
+    lines[2] += lines.pop(3)
+    for r in rows:
+        v = final_value(r, sweep.metric)
+        lines.append(f"| {r['name']} | " + " | ".join(_cell(r["params"].get(p)) for p in params)
+                     + f" | {'' if v is None else f'{v:.4g}'} | {r['state']} | {len(r.get('history', []))} | "
+                       f"{r.get('seconds', 0):.0f} |")
+    errors = [r for r in records if r["state"] in ("failed", "diverged") and r.get("error")]
+    if errors:
+        lines += ["", "## Runs that did not finish", ""]
+        for r in errors:
+            last = r["error"].strip().splitlines()[-1] if r["error"].strip() else ""
+            lines.append(f"- {r['name']} ({r['state']}, exit {r.get('exit_code')}): `{last[:200]}`")
+    text = "\n".join(lines) + "\n"
+    (store.root / "results.md").write_text(text)
+    with open(store.root / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", *params, sweep.metric, "state", "values_logged", "seconds", "exit_code"])
+        for r in rows:
+            w.writerow([r["name"], *(r["params"].get(p) for p in params), final_value(r, sweep.metric), r["state"],
+                        len(r.get("history", [])), round(r.get("seconds", 0), 1), r.get("exit_code")])
+    _plots(sweep, store, records, params)
+    return text
+
+
+def _cell(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _plots(sweep: Sweep, store: RunStore, records: list[dict], params: list[str]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = store.root / "plots"
+    out.mkdir(exist_ok=True)
+    spec = sweep.config["parameters"]
+    done = [(r, final_value(r, sweep.metric)) for r in records]
+    finite = [v for _, v in done if v is not None]
+    top = (max(finite) if not sweep.maximize else min(finite)) if finite else 1.0
+    for p in params:
+        xs = [r["params"].get(p) for r in records]
+        if not all(isinstance(x, (int, float)) for x in xs):
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for state, style in (("finished", dict(color="C0")), ("stopped", dict(color="C0", facecolors="none"))):
+            pts = [(r["params"][p], v) for r, v in done if r["state"] == state and v is not None]
+            if pts:
+                ax.scatter(*zip(*pts), label=state, **style)
+        bad = [r["params"][p] for r in records if r["state"] in ("diverged", "failed")]
+        if bad:
+            ax.scatter(bad, [top] * len(bad), marker="x", color="red", s=60, label="diverged / failed")
+        if spec[p].get("distribution", "").startswith(("log_", "q_log_")) or _log_spaced(xs):
+            ax.set_xscale("log")
+        ax.set_xlabel(p)
+        ax.set_ylabel(sweep.metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{sweep.metric}_vs_{p}.png", dpi=110)
+        plt.close(fig)
+    best = ranked(sweep, records)[0] if records else None
+    if best and best.get("history"):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        hist = best["history"]
+        ax.plot([h.get("step") for h in hist], [h[sweep.metric] for h in hist], marker="o")
+        ax.set_xlabel("step")
+        ax.set_ylabel(sweep.metric)
+        ax.set_title(f"best run {best['name']}: " + ", ".join(f"{k}={_cell(v)}" for k, v in best["params"].items()),
+                     fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "best_run.png", dpi=110)
+        plt.close(fig)
+
+
+def _log_spaced(xs) -> bool:
+    pos = [x for x in xs if x > 0]
+    return len(pos) == len(xs) and len(pos) > 1 and max(pos) / min(pos) >= 100
