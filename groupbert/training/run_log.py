@@ -34,9 +34,14 @@ class RunLog:
         w = cfg.logging.wandb
         config = cfg.to_dict()
         config["derived"] = cfg.derived()
+        tags = list(w.tags or []) + [f"model:{cfg.model.type}", f"optimizer:{cfg.optimizer.name}",
+                                     f"backend:{cfg.runtime.backend}", f"seq:{cfg.data.seq_len}"]
+        # Under `wandb agent` the run id and the sweep come from the agent's environment (WANDB_RUN_ID,
+        # WANDB_SWEEP_ID); our own id would detach the run from its sweep.
+        run_id = None if os.environ.get("WANDB_SWEEP_ID") else run_id
         return wandb.init(project=w.project, entity=w.entity, name=w.name or Path(run_dir).name,
-                          tags=w.tags or None, dir=str(run_dir), mode=mode, id=run_id, resume="allow",
-                          config=config)
+                          tags=tags, dir=str(run_dir), mode=mode, id=run_id, resume="allow",
+                          config=config, allow_val_change=True)
 
     def _truncate_after(self, step: int) -> None:
         kept = []
@@ -58,6 +63,14 @@ class RunLog:
         if self.wandb_run is not None:
             step = record["step"]
             self.wandb_run.log({k: v for k, v in record.items() if k not in ("step", "kind")}, step=step)
+            if record.get("kind") == "eval":  # the summary keeps the final value; add the best one
+                for k, v in record.items():
+                    if (k.startswith("eval_") and isinstance(v, (int, float))
+                            and not k.endswith(("seconds", "sequences", "examples", "features"))):
+                        lower = k.endswith(("loss", "ppl"))
+                        best = self.wandb_run.summary.get(f"best_{k}")
+                        if best is None or (v < best if lower else v > best):
+                            self.wandb_run.summary[f"best_{k}"] = v
 
     def close(self, exit_code: int = 0) -> None:
         self._file.close()
