@@ -67,7 +67,8 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
                              "--output-dir", str(killed), "--quiet", *common], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step-10").exists() and proc.poll() is None and time.time() < deadline:
+    # wait for the first committed checkpoint: step-N is renamed into place before `latest` names it
+    while not (killed / "checkpoints" / "latest").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
