@@ -24,6 +24,14 @@ def ranked(sweep: Sweep, records: list[dict]) -> list[dict]:
     return sorted(records, key=key)
 
 
+def trained_away(sweep: Sweep, record: dict) -> bool:
+    """A finite run that diverged: for a minimized metric, its final value is above its first one (the
+    step-0 evaluation of the untrained model), so the rate made training worse than not training."""
+    vals = [h[sweep.metric] for h in record.get("history", []) if isinstance(h.get(sweep.metric), (int, float))
+            and math.isfinite(h[sweep.metric])]
+    return not sweep.maximize and len(vals) > 1 and vals[-1] > vals[0]
+
+
 def runs_to_best(sweep: Sweep, records: list[dict]) -> int | None:
     """How many runs (in start order) the sweep needed before its best value appeared."""
     best, at = None, None
@@ -52,6 +60,10 @@ def write_report(sweep: Sweep, store: RunStore) -> str:
         lines.append(f"| {r['name']} | " + " | ".join(_cell(r["params"].get(p)) for p in params)
                      + f" | {'' if v is None else f'{v:.4g}'} | {r['state']} | {len(r.get('history', []))} | "
                        f"{r.get('seconds', 0):.0f} |")
+    away = [r["name"] for r in records if trained_away(sweep, r)]
+    if away:
+        lines += ["", f"Diverged without a non-finite loss (final {sweep.metric} above its first value): "
+                  + ", ".join(away) + "."]
     errors = [r for r in records if r["state"] in ("failed", "diverged") and r.get("error")]
     if errors:
         lines += ["", "## Runs that did not finish", ""]
@@ -94,6 +106,10 @@ def _plots(sweep: Sweep, store: RunStore, records: list[dict], params: list[str]
             pts = [(r["params"][p], v) for r, v in done if r["state"] == state and v is not None]
             if pts:
                 ax.scatter(*zip(*pts), label=state, **style)
+        away = [(r["params"][p], v) for r, v in done if v is not None and trained_away(sweep, r)]
+        if away:
+            ax.scatter(*zip(*away), marker="o", facecolors="none", edgecolors="red", s=140,
+                       label="diverged (ends above start)")
         bad = [r["params"][p] for r in records if r["state"] in ("diverged", "failed")]
         if bad:
             ax.scatter(bad, [top] * len(bad), marker="x", color="red", s=60, label="diverged / failed")
