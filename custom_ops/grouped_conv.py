@@ -53,10 +53,50 @@ def grouped_conv1d_reference(input: Tensor, weight: Tensor, bias: Optional[Tenso
     return F.conv1d(input.transpose(1, 2), weight, bias, padding=K // 2, groups=groups).transpose(1, 2)
 
 
-def grouped_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, groups: int = 1) -> Tensor:
+def segment_runs(segment_ids: Tensor) -> Tensor:
+    """[B, T] ids -> [B, T] run index: positions share a run when they are contiguous with equal ids."""
+    change = torch.ones_like(segment_ids, dtype=torch.long)
+    change[:, 1:] = (segment_ids[:, 1:] != segment_ids[:, :-1]).long()
+    return change.cumsum(1)
+
+
+def grouped_conv1d_segments_reference(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int,
+                                      segment_ids: Tensor) -> Tensor:
+    """Segment-aware grouped "same" conv in plain PyTorch: a tap of output position t reads input position
+    s only when s lies in t's segment (the contiguous run of equal ``segment_ids`` around t), so packed
+    sequences never see each other (zero padding at every segment edge, as if each were its own row)::
+
+        y[b, t, o] = bias[o] + Σ_k Σ_i [run(b, s) = run(b, t)] · x[b, s, g(o)·Cg + i] · w[o, i, k],  s = t + k − K//2
+
+    Built from an unfold to [B, T, C, K] windows and one grouped contraction (K times the input's memory),
+    differentiable by autograd; the C++ op's reference and its fallback off CPU."""
+    K = weight.shape[-1]
+    if K % 2 != 1:
+        raise ValueError(f"grouped_conv1d: kernel size must be odd for \"same\" padding K // 2, got {K}")
+    if segment_ids.shape != input.shape[:2]:
+        raise ValueError(f"grouped_conv1d: segment_ids must be [B, T] = {tuple(input.shape[:2])}, "
+                         f"got {tuple(segment_ids.shape)}")
+    B, T, C = input.shape
+    C_out, Cg, P = weight.shape[0], weight.shape[1], K // 2
+    runs = F.pad(segment_runs(segment_ids), (P, P), value=-1)           # B, T + 2P; -1 never matches
+    same = runs.unfold(1, K, 1) == runs[:, P:P + T, None]              # B, T, K: tap k stays in t's run
+    windows = F.pad(input, (0, 0, P, P)).unfold(1, K, 1)                # B, T, C, K (a view)
+    windows = windows * same[:, :, None, :].to(input.dtype)
+    y = torch.einsum("btgik,goik->btgo", windows.reshape(B, T, groups, Cg, K),
+                     weight.reshape(groups, C_out // groups, Cg, K)).reshape(B, T, C_out)
+    return y if bias is None else y + bias
+
+
+def grouped_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, groups: int = 1,
+                   segment_ids: Optional[Tensor] = None) -> Tensor:
     """Grouped "same" conv of ``input`` [B, T, C] with an ``nn.Conv1d`` weight [C_out, C / groups, K] (K odd)
     and optional ``bias`` [C_out]; returns [B, T, C_out]. The C++ op on CPU where available, otherwise
-    :func:`grouped_conv1d_reference` (module docstring)."""
+    :func:`grouped_conv1d_reference` (module docstring).
+
+    ``segment_ids`` [B, T] (packed rows: each token's sequence index): the kernel window is cut at the
+    edges of every run of equal ids, as :func:`grouped_conv1d_segments_reference` defines."""
+    if segment_ids is not None:
+        return grouped_conv1d_segments_reference(input, weight, bias, groups, segment_ids)
     if input.device.type == "cpu" and _compute_dtype(input) in _CPP_DTYPES and ops_ready():
         return torch.ops.groupbert.grouped_conv1d(input, weight, bias, groups)
     return grouped_conv1d_reference(input, weight, bias, groups)
