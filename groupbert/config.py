@@ -85,12 +85,14 @@ class DataConfig:
     dupe_factor: int = _f(1, gt=0)               # copies of the corpus with different masks
     validation_fraction: float = _f(0.05, ge=0.0, lt=1.0)  # held out by document
     cache_dir: str = ".cache/datasets"           # tokenised data (Arrow), keyed by text+vocab+settings
+    packing: bool = False                        # several sequences per row (SPFHP, Krell et al. 2021); MLM+NSP, SQuAD
+    max_sequences_per_pack: int = _f(3, gt=0)    # sequences one packed row may hold (Graphcore: 3)
 
 
 @dataclass
 class TrainConfig:
     max_steps: int = _f(1000, gt=0)              # optimizer steps
-    micro_batch_size: int = _f(32, gt=0)         # sequences per forward pass
+    micro_batch_size: int = _f(32, gt=0)         # rows per forward pass: sequences, or packs with data.packing
     gradient_accumulation: int = _f(1, gt=0)     # micro-batches per optimizer step
     seed: int = _f(42, ge=0)
     max_grad_norm: float = _f(1.0, ge=0.0)       # global clipping; 0 disables
@@ -420,6 +422,9 @@ def _cross_checks(cfg: RunConfig, origins: dict, default_source: str) -> None:
         fail("data.seq_len", f"{d.seq_len} exceeds model.max_positions {m.max_positions}")
     if m.type != "gpt2" and d.max_predictions > d.seq_len:  # masked-LM only; GPT-2 ignores it
         fail("data.max_predictions", f"{d.max_predictions} exceeds data.seq_len {d.seq_len}")
+    if m.type == "gpt2" and d.packing:
+        fail("data.packing", "GPT-2's causal-LM blocks are contiguous text that fills every row already; packing "
+             "is for masked-LM + NSP pretraining and SQuAD")
     w = cfg.schedule.warmup
     if w >= 1 and w != int(w):
         fail("schedule.warmup", f"{w}: a value >= 1 is a step count and must be an integer")

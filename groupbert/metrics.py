@@ -16,7 +16,10 @@ def masked_lm_correct(mlm_logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
 
 @torch.no_grad()
 def next_sentence_correct(nsp_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return (nsp_logits.argmax(-1) == labels).sum().float(), torch.ones_like(labels, dtype=torch.float).sum()
+    """Correct predictions and number of sequences: labels [B], or [B, S] per packed sequence with
+    IGNORE_INDEX in empty slots (so the count is the number of sequences either way)."""
+    scored = labels != IGNORE_INDEX
+    return ((nsp_logits.argmax(-1) == labels) & scored).sum().float(), scored.sum().float()
 
 
 @torch.no_grad()

@@ -7,15 +7,37 @@ packs with the *least* remaining space that still fits it (best fit), a new pack
 fits, and a pack holds at most ``max_per_pack`` sequences. Only the histogram is touched, so packing
 millions of sequences takes milliseconds.
 
-This module is the packing plan only: which sequences share a row. Training on packed rows (per-sequence
-position ids, block-diagonal attention, a convolution that does not cross sequences, per-sequence
-MLM/NSP losses) is not implemented yet.
+Here: the plan (:func:`spfhp`), the assignment of actual sequences to rows (:func:`assign_rows`), and
+the packed MLM + NSP columns (:func:`pack_pretraining_columns`, :func:`pack_pretraining_dataset`). A packed
+row carries, besides the concatenated tokens, ``position_ids`` restarting at 0 for each sequence,
+``attention_mask`` numbering its sequences 1..S (0 = padding), ``cls_positions`` [S] and one NSP label per
+sequence (-100 in empty slots); the models (``groupbert/models/bert.py``) then keep attention, the
+GroupBERT convolution and the losses inside each sequence, so packed and unpacked training compute the
+same losses and gradients on the same sequences.
 """
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+#: Columns of a packed MLM + NSP row (T = seq_len, P = max predictions per row, S = max sequences per row).
+PACKED_COLUMNS = {
+    "input_ids": "[T] the sequences' tokens one after another, [PAD]-padded",
+    "token_type_ids": "[T] each sequence's own segment A/B ids, 0 for padding",
+    "attention_mask": "[T] sequence number 1..S of each token, 0 for padding",
+    "position_ids": "[T] position within its own sequence (0 at each [CLS]), 0 for padding",
+    "masked_lm_positions": "[P] row positions of all masked tokens, padded with 0",
+    "masked_lm_labels": f"[P] their original ids, padded with {IGNORE_INDEX}",
+    "cls_positions": "[S] row position of each sequence's [CLS], 0 in empty slots",
+    "next_sentence_label": f"[S] each sequence's NSP label, {IGNORE_INDEX} in empty slots",
+}
 
 
 @dataclass(frozen=True)
@@ -98,3 +120,124 @@ def spfhp(lengths, seq_len: int, max_per_pack: int = 3) -> PackingPlan:
         for pack, count in packs.items():
             closed[pack] += count
     return PackingPlan(dict(closed), seq_len)
+
+
+# ----------------------------------------------------------------------------------------------
+# From a plan to rows of actual sequences
+
+
+def assign_rows(lengths, plan: PackingPlan, seed: int = 0) -> np.ndarray:
+    """Sequence indices per row, [rows, max sequences per row] with -1 in empty slots.
+
+    Sequences of each length are drawn in a seeded random order for the plan's strategies, and the rows
+    are shuffled, so neighbouring sequences of the input (one document) rarely share a row or a batch.
+    """
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng(seed)
+    pools = {}
+    for n in np.unique(lengths):
+        idx = np.flatnonzero(lengths == n)
+        pools[int(n)] = list(rng.permutation(idx))
+    width = max((len(s) for s in plan.strategies), default=1)
+    rows = np.full((plan.num_rows, width), -1, dtype=np.int64)
+    r = 0
+    for strategy in sorted(plan.strategies):  # a fixed order: the result depends on the seed only
+        for _ in range(plan.strategies[strategy]):
+            for j, n in enumerate(strategy):
+                rows[r, j] = pools[n].pop()
+            r += 1
+    if any(pools.values()) or r != len(rows):
+        raise ValueError("the plan does not cover the given lengths")
+    return rows[rng.permutation(len(rows))]
+
+
+def max_predictions_per_row(seq_len: int, mask_prob: float, max_predictions: int, max_per_pack: int) -> int:
+    """Masked-LM slots a packed row needs: each sequence of n maskable tokens has at most
+    ``max(1, round(mask_prob * n)) <= mask_prob * n + 1`` (``groupbert.data.pretraining``), and a row
+    holds at most ``seq_len`` tokens in ``max_per_pack`` sequences."""
+    return min(max_per_pack * max_predictions, int(mask_prob * seq_len) + max_per_pack)
+
+
+def _segments(members: np.ndarray, seq_lens: np.ndarray):
+    """Flat (row, slot, source, offset in row, length) of every placed sequence."""
+    row, slot = np.nonzero(members >= 0)
+    src = members[row, slot]
+    length = seq_lens[src]
+    lengths_grid = np.zeros(members.shape, dtype=np.int64)
+    lengths_grid[row, slot] = length
+    offsets = np.cumsum(lengths_grid, axis=1) - lengths_grid  # start of each slot within its row
+    return row, slot, src, offsets[row, slot], length
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(which range, index within it) for the concatenation of ``arange(c)`` over counts."""
+    which = np.repeat(np.arange(len(counts)), counts)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return which, within
+
+
+def pack_pretraining_columns(columns: dict, pad_id: int, max_per_pack: int = 3, max_predictions: int | None = None,
+                             mask_prob: float = 0.15, seed: int = 0) -> tuple[dict, PackingPlan]:
+    """Unpacked MLM + NSP columns (``groupbert.data.pretraining.COLUMNS``, numpy) -> packed columns
+    (:data:`PACKED_COLUMNS`) and the plan. Vectorised: no Python loop over rows or sequences."""
+    ids = np.asarray(columns["input_ids"])
+    N, T = ids.shape
+    seq_lens = np.asarray(columns["attention_mask"]).astype(bool).sum(1)
+    if (np.asarray(columns["attention_mask"])[np.arange(N), np.maximum(seq_lens - 1, 0)] == 0).any():
+        raise ValueError("packing needs each sequence's tokens at the start of its row (right padding)")
+    labels = np.asarray(columns["masked_lm_labels"])
+    P_in = labels.shape[1]
+    P = max_predictions_per_row(T, mask_prob, max_predictions or P_in, max_per_pack)
+    plan = spfhp(seq_lens.tolist(), T, max_per_pack)
+    members = assign_rows(seq_lens, plan, seed)
+    R, S = len(members), max_per_pack
+    row, slot, src, offset, length = _segments(members, seq_lens)
+
+    out = {"input_ids": np.zeros((R, T), ids.dtype), "token_type_ids": np.zeros((R, T), ids.dtype),
+           "attention_mask": np.zeros((R, T), ids.dtype), "position_ids": np.zeros((R, T), ids.dtype),
+           "masked_lm_positions": np.zeros((R, P), ids.dtype),
+           "masked_lm_labels": np.full((R, P), IGNORE_INDEX, ids.dtype),
+           "cls_positions": np.zeros((R, S), ids.dtype),
+           "next_sentence_label": np.full((R, S), IGNORE_INDEX, ids.dtype)}
+    out["input_ids"][:] = pad_id
+    # tokens: every placed sequence's first `length` positions, at its offset in its row
+    k, t = _ranges(offset, length)
+    dest = (row[k], offset[k] + t)
+    out["input_ids"][dest] = ids[src[k], t]
+    out["token_type_ids"][dest] = np.asarray(columns["token_type_ids"])[src[k], t]
+    out["attention_mask"][dest] = slot[k] + 1
+    out["position_ids"][dest] = t
+    # masked LM: each sequence's scored slots (its first n_masked), shifted by its offset, one after another
+    n_masked = (labels[src] != IGNORE_INDEX).sum(1)
+    per_row = np.zeros((R, S), dtype=np.int64)
+    per_row[row, slot] = n_masked
+    if per_row.sum(1).max(initial=0) > P:  # data masked more densely than our generator does
+        P = int(per_row.sum(1).max())
+        out["masked_lm_positions"] = np.zeros((R, P), ids.dtype)
+        out["masked_lm_labels"] = np.full((R, P), IGNORE_INDEX, ids.dtype)
+    first = (np.cumsum(per_row, axis=1) - per_row)[row, slot]
+    k, j = _ranges(first, n_masked)
+    positions = np.asarray(columns["masked_lm_positions"])
+    out["masked_lm_positions"][row[k], first[k] + j] = positions[src[k], j] + offset[k]
+    out["masked_lm_labels"][row[k], first[k] + j] = labels[src[k], j]
+    out["cls_positions"][row, slot] = offset
+    out["next_sentence_label"][row, slot] = np.asarray(columns["next_sentence_label"])[src]
+    return out, plan
+
+
+def pack_pretraining_dataset(dataset, pad_id: int, max_per_pack: int = 3, mask_prob: float = 0.15, seed: int = 0):
+    """A ``datasets.Dataset`` of unpacked MLM + NSP instances -> one of packed rows (torch format)."""
+    import datasets
+
+    columns = dataset.with_format("numpy")[:]
+    packed, plan = pack_pretraining_columns(columns, pad_id, max_per_pack, mask_prob=mask_prob, seed=seed)
+    logger.info("packed %d sequences into %d rows of %d (%.2f per row; real tokens %.1f%% -> %.1f%%)",
+                plan.num_sequences, plan.num_rows, plan.seq_len, plan.packing_factor,
+                100 * padded_efficiency(np.asarray(columns["attention_mask"]).astype(bool).sum(1), plan.seq_len),
+                100 * plan.efficiency)
+    T, P, S = plan.seq_len, packed["masked_lm_positions"].shape[1], max_per_pack
+    fixed = {"input_ids": T, "token_type_ids": T, "attention_mask": T, "position_ids": T,
+             "masked_lm_positions": P, "masked_lm_labels": P, "cls_positions": S, "next_sentence_label": S}
+    features = datasets.Features({k: datasets.List(datasets.Value("int32"), length=n) for k, n in fixed.items()})
+    return datasets.Dataset.from_dict({k: packed[k].astype(np.int32) for k in fixed},
+                                      features=features).with_format("torch")

@@ -16,6 +16,13 @@ Choices that differ from HF without changing the numbers:
 - attention is always ``F.scaled_dot_product_attention`` (torch >= 2.0) with an additive -10000
   mask (google-research/bert ``modeling.py``), finite so that fp16/bf16 never produce NaN;
 - the word embedding has no ``padding_idx`` (Google's BERT has none; HF freezes the [PAD] row).
+
+Packed rows (several sequences in one row, Krell et al. 2021, arXiv:2107.02027; built by
+``groupbert.data.packing``) are the same model with three extra inputs: ``position_ids`` restart at 0 for
+each sequence, ``attention_mask`` holds each token's sequence number (1, 2, ...; 0 = padding) and makes
+attention block-diagonal, and ``cls_positions`` [B, S] says where each sequence's [CLS] is, so the pooler
+and NSP head give one prediction per sequence (labels -100 in empty slots). Every sequence then gets the
+numbers it would get alone in a row: losses and gradients equal the unpacked ones.
 """
 from __future__ import annotations
 
@@ -46,7 +53,7 @@ class PreTrainingOutput(NamedTuple):
     mlm_loss: Optional[Tensor]  # mean CE over labels != -100
     nsp_loss: Optional[Tensor]
     mlm_logits: Tensor          # [B, P, V] at masked_lm_positions, or [B, T, V] without them
-    nsp_logits: Tensor          # [B, 2]
+    nsp_logits: Tensor          # [B, 2], or [B, S, 2] for packed rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,6 +70,23 @@ def padding_mask(input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> 
 def additive_attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """[B, T] bool padding mask -> [B, 1, 1, T] additive mask (0 keep, -10000 drop) over heads and queries."""
     return (~mask)[:, None, None, :].to(dtype) * MASK_VALUE
+
+
+def packed_attention_mask(sequence_ids: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, T] sequence numbers (0 = padding) -> [B, 1, T, T] additive mask: a query attends only to the
+    real tokens of its own sequence (block-diagonal attention over a packed row)."""
+    keep = (sequence_ids[:, :, None] == sequence_ids[:, None, :]) & (sequence_ids[:, None, :] > 0)
+    return (~keep)[:, None].to(dtype) * MASK_VALUE
+
+
+def encoder_masks(input_ids: Tensor, attention_mask: Optional[Tensor], packed: bool,
+                  dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(additive attention mask, [B, T] bool padding mask): over keys for one sequence per row,
+    block-diagonal for packed rows (``attention_mask`` then numbers the sequences)."""
+    pad_mask = padding_mask(input_ids, attention_mask)
+    if packed:
+        return packed_attention_mask(attention_mask, dtype), pad_mask
+    return additive_attention_mask(pad_mask, dtype), pad_mask
 
 
 def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor,
@@ -95,7 +119,11 @@ def pretraining_loss(mlm_logits: Tensor, nsp_logits: Tensor, masked_lm_labels: O
                                 ignore_index=IGNORE_INDEX, reduction="sum")
         mlm_loss = total / (labels != IGNORE_INDEX).sum().clamp(min=1)
     if next_sentence_label is not None:
-        nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
+        # [B] labels, or [B, S] per packed sequence with -100 in empty slots: the mean over sequences
+        labels = next_sentence_label.reshape(-1)
+        total = F.cross_entropy(nsp_logits.reshape(labels.numel(), -1).float(), labels,
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+        nsp_loss = total / (labels != IGNORE_INDEX).sum().clamp(min=1)
     if mlm_loss is not None and nsp_loss is not None:
         loss = mlm_loss + nsp_loss
     else:
@@ -118,13 +146,15 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
+                position_ids: Optional[Tensor] = None) -> Tensor:
         T = input_ids.size(1)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        positions = torch.arange(T, device=input_ids.device)
+        if position_ids is None:  # one sequence per row; packed rows restart at 0 for each sequence
+            position_ids = torch.arange(T, device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(positions)  # B, T, H + T, H
+        x = x + self.position_embeddings(position_ids)  # B, T, H + (T, H or B, T, H)
         return self.dropout(self.LayerNorm(x))
 
 
@@ -224,8 +254,10 @@ class BertPooler(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(self.dense(x[:, 0]))
+    def forward(self, x: Tensor, cls_positions: Optional[Tensor] = None) -> Tensor:
+        """[B, H] from position 0, or [B, S, H] from each packed sequence's [CLS] (``cls_positions`` [B, S])."""
+        cls = x[:, 0] if cls_positions is None else gather_positions(x, cls_positions)
+        return torch.tanh(self.dense(cls))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,11 +299,13 @@ class BertModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
-                attention_mask: Optional[Tensor] = None) -> EncoderOutput:
-        x = self.embeddings(input_ids, token_type_ids)  # B, T, H
-        attn_mask = additive_attention_mask(padding_mask(input_ids, attention_mask), x.dtype)
+                attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
+                cls_positions: Optional[Tensor] = None) -> EncoderOutput:
+        """``position_ids`` given = packed rows (module docstring)."""
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # B, T, H
+        attn_mask, _ = encoder_masks(input_ids, attention_mask, position_ids is not None, x.dtype)
         x = self.encoder(x, attn_mask)
-        return EncoderOutput(x, self.pooler(x))
+        return EncoderOutput(x, self.pooler(x, cls_positions))
 
     @classmethod
     def from_pretrained_dir(cls, path: str, strict: bool = True) -> "BertModel":
@@ -307,7 +341,8 @@ class BertLMPredictionHead(nn.Module):
 
 
 class BertPreTrainingHeads(nn.Module):
-    """MLM head (optionally only at the masked positions) and NSP head on the pooled output."""
+    """MLM head (optionally only at the masked positions) and NSP head on the pooled output ([B, H] or,
+    packed, [B, S, H])."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -335,9 +370,9 @@ class BertForPreTraining(nn.Module):
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, masked_lm_positions: Optional[Tensor] = None,
-                masked_lm_labels: Optional[Tensor] = None,
-                next_sentence_label: Optional[Tensor] = None) -> PreTrainingOutput:
-        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+                masked_lm_labels: Optional[Tensor] = None, next_sentence_label: Optional[Tensor] = None,
+                position_ids: Optional[Tensor] = None, cls_positions: Optional[Tensor] = None) -> PreTrainingOutput:
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cls_positions)
         mlm_logits, nsp_logits = self.cls(hidden, pooled, masked_lm_positions)
         return pretraining_loss(mlm_logits, nsp_logits, masked_lm_labels, next_sentence_label)
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import custom_ops
+from custom_ops.grouped_conv import grouped_conv1d_segments_reference
 from groupbert.config import ModelConfig
 from groupbert.models.bert import (
     BertEmbeddings,
@@ -38,9 +39,8 @@ from groupbert.models.bert import (
     BertPreTrainingHeads,
     EncoderOutput,
     PreTrainingOutput,
-    additive_attention_mask,
+    encoder_masks,
     multi_head_attention,
-    padding_mask,
     pretraining_loss,
 )
 
@@ -95,16 +95,21 @@ class GroupBertConv(nn.Module):
         # parameters; the IPU pipeline sets it False so PopTorch lowers nn.Conv1d natively.
         self.use_custom_op = True
 
-    def forward(self, x: Tensor, pad_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pad_mask: Tensor, segment_ids: Optional[Tensor] = None) -> Tensor:
         h = F.glu(self.glu(x), dim=-1)  # values * sigmoid(gates): B, T, 2H -> B, T, H
         # Zero the padding so the kernel's window never carries it into real positions.
         h = h * pad_mask.unsqueeze(-1).to(h.dtype)
-        h = self._grouped_conv(h)
+        h = self._grouped_conv(h, segment_ids)
         return self.output(F.silu(self.norm(h)))
 
-    def _grouped_conv(self, h: Tensor) -> Tensor:
-        """Grouped "same" conv along the sequence, on [B, T, H]."""
+    def _grouped_conv(self, h: Tensor, segment_ids: Optional[Tensor]) -> Tensor:
+        """Grouped "same" conv along the sequence, on [B, T, H]; packed rows (``segment_ids``, each token's
+        sequence number) cut the kernel window at every sequence edge, as if each sequence had its own row."""
         conv = self.grouped_conv
+        if segment_ids is not None:
+            if self.use_custom_op:
+                return custom_ops.grouped_conv1d(h, conv.weight, conv.bias, conv.groups, segment_ids=segment_ids)
+            return grouped_conv1d_segments_reference(h, conv.weight, conv.bias, conv.groups, segment_ids)
         if self.use_custom_op:  # no transposes; falls back to F.conv1d where the C++ op is unavailable
             return custom_ops.grouped_conv1d(h, conv.weight, conv.bias, conv.groups)
         return conv(h.transpose(1, 2)).transpose(1, 2)  # B, T, H -> B, H, T -> B, T, H
@@ -163,13 +168,14 @@ class GroupBertLayer(nn.Module):
         self.ffn2 = GroupBertGroupedFFN(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor, pad_mask: Tensor) -> Tensor:
-        """x [B, T, H]; attn_mask [B, 1, 1, T] additive; pad_mask [B, T] True at tokens.
+    def forward(self, x: Tensor, attn_mask: Tensor, pad_mask: Tensor, segment_ids: Optional[Tensor] = None) -> Tensor:
+        """x [B, T, H]; attn_mask additive ([B, 1, 1, T], packed [B, 1, T, T]); pad_mask [B, T] True at
+        tokens; segment_ids [B, T] sequence numbers of packed rows (None: one sequence per row).
 
         x = x + Drop(Conv(LN(x)));  x = x + Drop(GFFN_1(LN(x)))
         x = x + Drop(MHSA(LN(x)));  x = x + Drop(GFFN_2(LN(x)))
         """
-        x = x + self.dropout(self.conv(self.conv_norm(x), pad_mask))
+        x = x + self.dropout(self.conv(self.conv_norm(x), pad_mask, segment_ids))
         x = x + self.dropout(self.ffn1(self.ffn1_norm(x)))
         x = x + self.dropout(self.attn(self.attn_norm(x), attn_mask))
         x = x + self.dropout(self.ffn2(self.ffn2_norm(x)))
@@ -184,9 +190,9 @@ class GroupBertEncoder(nn.Module):
         self.layer = nn.ModuleList([GroupBertLayer(config) for _ in range(config.num_layers)])
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.eps)
 
-    def forward(self, x: Tensor, attn_mask: Tensor, pad_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor, pad_mask: Tensor, segment_ids: Optional[Tensor] = None) -> Tensor:
         for layer in self.layer:
-            x = layer(x, attn_mask, pad_mask)
+            x = layer(x, attn_mask, pad_mask, segment_ids)
         return self.final_norm(x)
 
 
@@ -243,11 +249,14 @@ class GroupBertModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
-                attention_mask: Optional[Tensor] = None) -> EncoderOutput:
-        x = self.embeddings(input_ids, token_type_ids)  # B, T, H
-        pad_mask = padding_mask(input_ids, attention_mask)
-        x = self.encoder(x, additive_attention_mask(pad_mask, x.dtype), pad_mask)
-        return EncoderOutput(x, self.pooler(x))
+                attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
+                cls_positions: Optional[Tensor] = None) -> EncoderOutput:
+        """``position_ids`` given = packed rows, ``attention_mask`` numbering their sequences (bert.py)."""
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # B, T, H
+        packed = position_ids is not None
+        attn_mask, pad_mask = encoder_masks(input_ids, attention_mask, packed, x.dtype)
+        x = self.encoder(x, attn_mask, pad_mask, attention_mask if packed else None)
+        return EncoderOutput(x, self.pooler(x, cls_positions))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,8 +276,8 @@ class GroupBertForPreTraining(nn.Module):
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, masked_lm_positions: Optional[Tensor] = None,
-                masked_lm_labels: Optional[Tensor] = None,
-                next_sentence_label: Optional[Tensor] = None) -> PreTrainingOutput:
-        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+                masked_lm_labels: Optional[Tensor] = None, next_sentence_label: Optional[Tensor] = None,
+                position_ids: Optional[Tensor] = None, cls_positions: Optional[Tensor] = None) -> PreTrainingOutput:
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cls_positions)
         mlm_logits, nsp_logits = self.cls(hidden, pooled, masked_lm_positions)
         return pretraining_loss(mlm_logits, nsp_logits, masked_lm_labels, next_sentence_label)

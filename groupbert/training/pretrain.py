@@ -25,6 +25,8 @@ from groupbert.data import (build_pretraining_dataset, bundled_vocab_file, load_
                             load_wordpiece, split_documents, vocab_fingerprint)
 from groupbert.data.causal import bpe_fingerprint, build_causal_lm_dataset, load_gpt2_bpe
 from groupbert.data.loader import EpochBatches
+from groupbert.data.packing import pack_pretraining_dataset
+from groupbert.data.tokenizer import special_ids
 from groupbert.models import build_model
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
@@ -65,19 +67,23 @@ def prepare_data(cfg: RunConfig, show_progress: bool = True):
         common = dict(seq_len=d.seq_len, max_predictions=d.max_predictions, mask_prob=d.mask_prob,
                       short_seq_prob=d.short_seq_prob, cache_dir=d.cache_dir, show_progress=show_progress)
 
-        def build(docs, seed, dupe_factor):
-            return build_pretraining_dataset(docs, tokenizer, dupe_factor=dupe_factor, seed=seed, **common)
+        def build(docs, seed, dupe_factor, pack=False):
+            ds = build_pretraining_dataset(docs, tokenizer, dupe_factor=dupe_factor, seed=seed, **common)
+            if pack:  # training rows only: validation stays one sequence per row, comparable across runs
+                ds = pack_pretraining_dataset(ds, special_ids(tokenizer).pad, d.max_sequences_per_pack,
+                                              mask_prob=d.mask_prob, seed=seed)
+            return ds
     n_vocab = tokenizer.get_vocab_size()
     if n_vocab > cfg.model.vocab_size:
         raise ConfigError(f"the vocabulary {vocab_name} has {n_vocab} tokens but the model's embedding "
                           f"table has {cfg.model.vocab_size}", key="model.vocab_size")
     docs = load_corpus(d.corpus, text_field=d.text_field, max_documents=d.max_documents)
     train_docs, val_docs = split_documents(docs, d.validation_fraction, seed=cfg.train.seed)
-    train = build(train_docs, cfg.train.seed, d.dupe_factor)
+    train = build(train_docs, cfg.train.seed, d.dupe_factor, **({"pack": True} if d.packing else {}))
     val = build(val_docs, cfg.train.seed + 1, 1) if val_docs else None
-    logger.info("data: %d documents (%d train / %d validation) → %d train and %d validation sequences of %d",
-                len(docs), len(train_docs), len(val_docs), len(train), len(val) if val is not None else 0,
-                d.seq_len)
+    logger.info("data: %d documents (%d train / %d validation) → %d train %s and %d validation sequences of %d",
+                len(docs), len(train_docs), len(val_docs), len(train), "packed rows" if d.packing else "sequences",
+                len(val) if val is not None else 0, d.seq_len)
     return train, val, digest, vocab_name
 
 
@@ -115,6 +121,13 @@ def _git_commit() -> str | None:
 # Evaluation
 # --------------------------------------------------------------------------------------------------
 
+def _num_sequences(dataset) -> int:
+    """Sequences in a dataset: its rows, or for packed rows the filled NSP slots."""
+    if "cls_positions" not in dataset.column_names:
+        return len(dataset)
+    return int((dataset.with_format("numpy")[:]["next_sentence_label"] != -100).sum())
+
+
 def evaluate(model, dataset, cfg: RunConfig, device, autocast) -> dict:
     model.eval()
     try:
@@ -140,7 +153,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     with dist_env.main_first():  # rank 0 fills the tokenised-data cache, the others read it
         train_set, val_set, vocab_digest, vocab_file = prepare_data(cfg, show_progress=show)
     model = build_model(cfg.model)
-    task = task_for(cfg.model.type)
+    task = task_for(cfg.model.type, packed=cfg.data.packing)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     if cfg.model.init_checkpoint and resume_ckpt is None:
         init_from_checkpoint(model, cfg, vocab_digest)
@@ -179,7 +192,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         run_log.log({"step": 0, "kind": "run", "parameters": n_params, "device": str(device),
                      "world_size": dist_env.world_size,
                      "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
-                     "train_sequences": len(train_set),
+                     "train_rows": len(train_set), "train_sequences": _num_sequences(train_set),
                      "validation_sequences": len(val_set) if val_set is not None else 0})
     logger.info("model %s: %.2fM parameters on %s; %d steps of %d sequences × %d tokens",
                 cfg.model.type, n_params / 1e6, device, cfg.train.max_steps, cfg.global_batch_size,
@@ -262,11 +275,14 @@ class _Window:
         self.sums = Sums(self.task.sum_names)
         self.seconds = self.samples = self.tokens = 0.0
 
-    def add(self, sums: Sums, seconds: float, samples: int, seq_len: int):
+    def add(self, sums: Sums, seconds: float, rows: int, seq_len: int):
+        """``rows`` of ``seq_len`` tokens went through the model; samples/s counts sequences (several per
+        packed row, from the task's sums) and tokens/s the row tokens computed on."""
         self.sums += sums
         self.seconds += seconds
-        self.samples += samples
-        self.tokens += samples * seq_len
+        sequences = self.task.sequences(sums)
+        self.samples += rows if sequences is None else sequences
+        self.tokens += rows * seq_len
         self.last_loss = sums["loss"] / max(sums.micro, 1)
 
     def flush(self) -> dict:

@@ -36,11 +36,18 @@ class Sums:
 
 
 class MaskedLMTask:
+    """``packed``: training rows hold several sequences (``groupbert.data.packing``), which adds the
+    ``position_ids`` and ``cls_positions`` columns; evaluation rows may be either kind."""
     name = "mlm_nsp"
-    batch_keys = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_labels",
-                  "next_sentence_label")
     sum_names = ("loss", "mlm_loss", "nsp_loss", "mlm_ok", "mlm_n", "nsp_ok", "nsp_n")
     progress_keys = ("loss", "mlm_acc")
+
+    def __init__(self, packed: bool = False):
+        self.batch_keys = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions",
+                           "masked_lm_labels", "next_sentence_label") + (("position_ids", "cls_positions") if packed else ())
+
+    def sequences(self, s: Sums) -> float:
+        return s["nsp_n"]  # one NSP label per sequence, packed or not
 
     @torch.no_grad()
     def sums(self, out, batch) -> torch.Tensor:
@@ -58,7 +65,7 @@ class MaskedLMTask:
         mlm_loss_sum = nsp_loss_sum = 0.0
         mlm_ok = mlm_n = nsp_ok = nsp_n = 0.0
         for batch in sequential_batches(dataset, batch_size, max_batches):
-            batch = {k: batch[k].to(device) for k in self.batch_keys}
+            batch = {k: batch[k].to(device) for k in self.batch_keys if k in batch}
             with autocast():
                 out = model(**batch)
             _, _, _, c, n, nc, nn_ = self.sums(out, batch).tolist()
@@ -82,6 +89,9 @@ class CausalLMTask:
     batch_keys = ("input_ids", "labels")
     sum_names = ("loss", "ok", "n")
     progress_keys = ("loss", "acc")
+
+    def sequences(self, s: Sums) -> None:
+        return None  # one block per row
 
     @torch.no_grad()
     def sums(self, out, batch) -> torch.Tensor:
@@ -119,9 +129,9 @@ class _MaskedLMOnDevice(nn.Module):
         self.model, self._poptorch = model, poptorch
 
     def forward(self, input_ids, token_type_ids, attention_mask, masked_lm_positions, masked_lm_labels,
-                next_sentence_label):
+                next_sentence_label, position_ids=None, cls_positions=None):
         out = self.model(input_ids, token_type_ids, attention_mask, masked_lm_positions, masked_lm_labels,
-                         next_sentence_label)
+                         next_sentence_label, position_ids, cls_positions)
         # sum_names order; the loss (identity_loss) goes last, as PopTorch wants it
         return (out.mlm_loss, out.nsp_loss, *masked_lm_correct(out.mlm_logits, masked_lm_labels),
                 *next_sentence_correct(out.nsp_logits, next_sentence_label),
@@ -138,5 +148,5 @@ class _CausalLMOnDevice(nn.Module):
         return *next_token_correct(out.logits, labels), self._poptorch.identity_loss(out.loss, reduction="none")
 
 
-def task_for(model_type: str):
-    return CausalLMTask() if model_type == "gpt2" else MaskedLMTask()
+def task_for(model_type: str, packed: bool = False):
+    return CausalLMTask() if model_type == "gpt2" else MaskedLMTask(packed)

@@ -25,10 +25,10 @@ def _records(run, kind):
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == kind]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
-def test_emulated_pipeline_equals_plain_training(tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer,packing", [("adamw", False), ("lamb", False), ("adamw", True)])
+def test_emulated_pipeline_equals_plain_training(tmp_path, optimizer, packing):
     common = [f"optimizer.name={optimizer}", "optimizer.lr=2e-3", "train.max_steps=4", "train.gradient_accumulation=9",
-              "ipu.replication_factor=2", "logging.log_every=2", "train.max_grad_norm=0"]
+              "ipu.replication_factor=2", "logging.log_every=2", "train.max_grad_norm=0", f"data.packing={packing}"]
     ipu_run, cpu_run = tmp_path / "ipu", tmp_path / "cpu"
     pretrain(_cfg(tmp_path, *common, "runtime.backend=ipu-model", "ipu.device_iterations=2",
                   "ipu.layers_per_ipu=[1,1,1,1]"), ipu_run)
