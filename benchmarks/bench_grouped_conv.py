@@ -21,6 +21,16 @@ conservative comparison, closer to a long training run with a warmed-up caching 
     .venv/bin/python benchmarks/bench_grouped_conv.py --threads 2
 
 Prints a table and writes JSON to ``benchmarks/results/grouped_conv.json``.
+
+``--segments N`` times packed rows instead (each row cut into N runs of random lengths, seeded, as
+``segment_ids``), three paths interleaved in one process:
+- ``ours segments``: ``custom_ops.grouped_conv1d(..., segment_ids=ids)``, i.e. ``groupbert::grouped_conv1d_segments``;
+- ``reference segments``: ``grouped_conv1d_segments_reference`` (unfold + einsum, autograd), the fallback;
+- ``ours unsegmented``: the C++ op on the same tensors without ``segment_ids`` (what the cut costs).
+
+    .venv/bin/python benchmarks/bench_grouped_conv.py --threads 2 --segments 3
+
+writes ``benchmarks/results/grouped_conv_segments.json``.
 """
 from __future__ import annotations
 
@@ -39,7 +49,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from custom_ops import _build  # noqa: E402
-from custom_ops.grouped_conv import grouped_conv1d, grouped_conv1d_reference, ops_ready  # noqa: E402
+from custom_ops.grouped_conv import (grouped_conv1d, grouped_conv1d_reference,  # noqa: E402
+                                     grouped_conv1d_segments_reference, ops_ready)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -55,9 +66,15 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                     "grouped_conv.json"))
-    return p.parse_args()
+    p.add_argument("--segments", type=int, default=0,
+                   help="packed rows: cut each row into this many runs (0: whole rows, the default benchmark)")
+    p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/grouped_conv.json, "
+                                                  "or grouped_conv_segments.json with --segments)")
+    args = p.parse_args()
+    if args.output is None:
+        name = "grouped_conv_segments.json" if args.segments else "grouped_conv.json"
+        args.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
+    return args
 
 
 def cpu_name() -> str:
@@ -84,7 +101,8 @@ def retain_freed_memory() -> bool:
         (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 64 << 20), (M_MMAP_THRESHOLD, 32 << 20)))
 
 
-def time_cases(cases: dict, args) -> dict:
+def run_cases(cases: dict, args) -> dict:
+    """Interleaved timing: after the warm-up, every case once per round; name -> list of seconds."""
     for _ in range(args.warmup):
         for run in cases.values():
             run()
@@ -94,11 +112,113 @@ def time_cases(cases: dict, args) -> dict:
             t = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t)
+    return times
+
+
+def time_cases(cases: dict, args) -> dict:
+    times = run_cases(cases, args)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     return {"speedup": {"fwd+bwd": med["conv1d fwd+bwd"] / med["ours fwd+bwd"],
                         "fwd": med["conv1d fwd"] / med["ours fwd"]},
             "results": {name: {"median_ms": 1e3 * med[name], "min_ms": 1e3 * min(ts), "times_s": ts}
                         for name, ts in times.items()}}
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return None
+
+
+def random_segment_ids(B: int, T: int, n: int, g: torch.Generator) -> torch.Tensor:
+    """[B, T] int64: each row cut at n - 1 distinct random points into n runs (ids 0 .. n-1)."""
+    ids = torch.zeros(B, T, dtype=torch.long)
+    for r in range(B):
+        cuts = torch.randperm(T - 1, generator=g)[:n - 1] + 1
+        ids[r, cuts] = 1
+    return ids.cumsum(1)
+
+
+def main_segments(args):
+    """--segments: the segmented C++ op against the plain-PyTorch reference and the unsegmented op."""
+    dtype = DTYPES[args.dtype]
+    B, T, H, K = args.batch_size, args.seq_len, args.hidden, args.kernel
+    G = H // args.group_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, H, generator=g).to(dtype).requires_grad_(True)
+    w = (torch.randn(H, H // G, K, generator=g) * 0.1).to(dtype).requires_grad_(True)
+    b = torch.randn(H, generator=g).to(dtype).requires_grad_(True)
+    gy = torch.randn(B, T, H, generator=g).to(dtype)
+    ids = random_segment_ids(B, T, args.segments, g)
+    paths = {"ours segments": lambda: grouped_conv1d(x, w, b, G, segment_ids=ids),
+             "reference segments": lambda: grouped_conv1d_segments_reference(x, w, b, G, ids),
+             "ours unsegmented": lambda: grouped_conv1d(x, w, b, G)}
+
+    def fwd_bwd(fn):
+        def run():
+            for t in (x, w, b):
+                t.grad = None
+            fn().backward(gy)
+        return run
+
+    def fwd(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+        return run
+
+    outs = {}
+    for name in ("ours segments", "reference segments"):
+        fwd_bwd(paths[name])()
+        with torch.no_grad():
+            outs[name] = [paths[name]().float()] + [t.grad.float() for t in (x, w, b)]
+    max_diff = {k: (a - r).abs().max().item() for k, a, r in zip(
+        ["output", "grad_input", "grad_weight", "grad_bias"], outs["ours segments"], outs["reference segments"])}
+
+    cases = {f"{name} {kind}": (fwd_bwd if kind == "fwd+bwd" else fwd)(fn)
+             for kind in ("fwd+bwd", "fwd") for name, fn in paths.items()}
+    load_before = list(os.getloadavg())
+    phases = {}
+    for phase in ("default allocator", "retained allocator"):
+        if phase == "retained allocator" and not retain_freed_memory():
+            break
+        times = run_cases(cases, args)
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        phases[phase] = {
+            "reference / ours segments": {k: med[f"reference segments {k}"] / med[f"ours segments {k}"]
+                                          for k in ("fwd+bwd", "fwd")},
+            "ours segments / ours unsegmented": {k: med[f"ours segments {k}"] / med[f"ours unsegmented {k}"]
+                                                 for k in ("fwd+bwd", "fwd")},
+            "results": {name: {"median_ms": 1e3 * med[name], "min_ms": 1e3 * min(ts), "times_s": ts}
+                        for name, ts in times.items()}}
+    load_after = list(os.getloadavg())
+
+    threads = torch.get_num_threads()
+    runs = [[int(n) for n in torch.unique_consecutive(row, return_counts=True)[1]] for row in ids]
+    print(f"\nsegmented grouped conv1d [B={B}, T={T}, H={H}], K={K}, {G} groups of {H // G}, {args.segments} "
+          f"runs per row, {args.dtype}, cpu ({cpu_name()}), {threads} threads, median of {args.repeats}; "
+          f"load {load_before[0]:.2f} -> {load_after[0]:.2f}")
+    print(f"{'':20s} {'':8s} {'ours seg ms':>12s} {'reference ms':>13s} {'unseg ms':>9s} {'ref/ours':>9s} "
+          f"{'seg/unseg':>10s}")
+    for phase, r in phases.items():
+        for kind in ("fwd+bwd", "fwd"):
+            res = r["results"]
+            print(f"{phase:20s} {kind:8s} {res['ours segments ' + kind]['median_ms']:12.3f} "
+                  f"{res['reference segments ' + kind]['median_ms']:13.3f} "
+                  f"{res['ours unsegmented ' + kind]['median_ms']:9.3f} "
+                  f"{r['reference / ours segments'][kind]:8.2f}x {r['ours segments / ours unsegmented'][kind]:9.2f}x")
+    print("max |ours - reference|: " + ", ".join(f"{k} {v:.2e}" for k, v in max_diff.items()))
+    out = {"benchmark": "grouped_conv_segments", "torch": torch.__version__, "python": platform.python_version(),
+           "device": "cpu", "cpu": cpu_name(), "threads": threads, "dtype": args.dtype, "git_commit": git_commit(),
+           "shape": {"batch": B, "seq": T, "hidden": H, "kernel": K, "groups": G, "segments_per_row": args.segments},
+           "run_lengths": runs, "repeats": args.repeats, "load_average_before": load_before,
+           "load_average_at_end": load_after, "max_abs_diff": max_diff, "phases": phases}
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {args.output}")
 
 
 def main():
@@ -107,6 +227,8 @@ def main():
         torch.set_num_threads(args.threads)
     _build.set_mode("on")  # a benchmark of the C++ op: fail rather than time the reference twice
     ops_ready()
+    if args.segments:
+        return main_segments(args)
     dtype = DTYPES[args.dtype]
     B, T, H, K = args.batch_size, args.seq_len, args.hidden, args.kernel
     G = H // args.group_size
@@ -157,11 +279,7 @@ def main():
             print(f"{phase:20s} {kind:8s} {r['results']['ours ' + kind]['median_ms']:9.3f} "
                   f"{r['results']['conv1d ' + kind]['median_ms']:10.3f} {r['speedup'][kind]:8.2f}x")
     print("max |ours - conv1d|: " + ", ".join(f"{k} {v:.2e}" for k, v in max_diff.items()))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = None
+    commit = git_commit()
     out = {"benchmark": "grouped_conv", "torch": torch.__version__, "python": platform.python_version(),
            "device": "cpu", "cpu": cpu_name(), "threads": threads, "dtype": args.dtype, "git_commit": commit,
            "shape": {"batch": B, "seq": T, "hidden": H, "kernel": K, "groups": G},

@@ -22,7 +22,20 @@ accumulation) when the library is built and enabled (``GROUPBERT_CUSTOM_OPS``, s
 :func:`grouped_conv1d_reference` (transpose → ``F.conv1d`` → transpose) otherwise. On CUDA that reference
 is PyTorch's own cuDNN kernel: no CUDA kernel was written here (none could be tested without a GPU).
 
-The op is a real dispatcher op: it has fake (meta) kernels for ``torch.compile`` / ``torch.export``, an
+Packed rows (``segment_ids`` [B, T], each token's sequence index) restrict every tap to the output's own
+run of equal contiguous ids, with gy and x zero outside it (each run convolved as its own sequence)::
+
+    y[b, t, o]     = bias[o] + Σ_k Σ_i [run(s) = run(t)] · x[b, s, g(o)·Cg + i] · w[o, i, k]      s = t + k − K//2
+    ∂L/∂x[b, s, c] = Σ_k Σ_o [run(t) = run(s)] · gy[b, t, o] · w[o, c − g·Cg, k]               t = s − k + K//2
+    ∂L/∂w[o, i, k] = Σ_b Σ_t [run(s) = run(t)] · gy[b, t, o] · x[b, s, g(o)·Cg + i]            s = t + k − K//2
+
+(∂L/∂bias unchanged). ``groupbert::grouped_conv1d_segments`` / ``_segments_backward`` compute these in
+C++ with the same kernels (work items cut at run edges, halo rows outside the run staged as zeros),
+under the same conditions as the plain op and for integer ``segment_ids`` on the CPU;
+:func:`grouped_conv1d_segments_reference` (unfold + einsum) is the reference and the fallback elsewhere
+(other devices, float16 autocast, library unavailable or ``GROUPBERT_CUSTOM_OPS=off``).
+
+The ops are real dispatcher ops: they have fake (meta) kernels for ``torch.compile`` / ``torch.export``, an
 autograd formula (:func:`torch.library.register_autograd`) and a CPU autocast rule (inputs cast to
 bfloat16, as ``F.conv1d`` is under CPU autocast). Double backward is not supported: the backward op's
 autograd formula raises a clear error if a second derivative is asked for through it (GroupBERT training
@@ -41,6 +54,7 @@ from custom_ops import _build
 
 _LIB = "grouped_conv1d"
 _CPP_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+_CPP_ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)  # segment_ids the C++ op takes
 _registered = False
 
 
@@ -94,10 +108,16 @@ def grouped_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     :func:`grouped_conv1d_reference` (module docstring).
 
     ``segment_ids`` [B, T] (packed rows: each token's sequence index): the kernel window is cut at the
-    edges of every run of equal ids, as :func:`grouped_conv1d_segments_reference` defines."""
+    edges of every run of equal ids, as :func:`grouped_conv1d_segments_reference` defines; computed by
+    ``groupbert::grouped_conv1d_segments`` where the plain op would run (and the ids are CPU integers),
+    otherwise by that reference. ``segment_ids`` gets no gradient."""
+    cpp = input.device.type == "cpu" and _compute_dtype(input) in _CPP_DTYPES
     if segment_ids is not None:
+        if (cpp and segment_ids.device.type == "cpu" and segment_ids.dtype in _CPP_ID_DTYPES
+                and ops_ready()):
+            return torch.ops.groupbert.grouped_conv1d_segments(input, weight, bias, groups, segment_ids)
         return grouped_conv1d_segments_reference(input, weight, bias, groups, segment_ids)
-    if input.device.type == "cpu" and _compute_dtype(input) in _CPP_DTYPES and ops_ready():
+    if cpp and ops_ready():
         return torch.ops.groupbert.grouped_conv1d(input, weight, bias, groups)
     return grouped_conv1d_reference(input, weight, bias, groups)
 
@@ -129,6 +149,15 @@ def _register() -> None:
     torch.library.register_autograd("groupbert::grouped_conv1d_backward", _no_double_backward,
                                     setup_context=lambda ctx, inputs, output: None)
     torch.library.register_autocast("groupbert::grouped_conv1d", "cpu", torch.bfloat16)
+    # Packed rows: the same rules; segment_ids is an integer input, so it has no gradient and autocast
+    # leaves it alone (only floating-point tensors are cast).
+    torch.library.register_fake("groupbert::grouped_conv1d_segments")(_fake_segments_forward)
+    torch.library.register_fake("groupbert::grouped_conv1d_segments_backward")(_fake_segments_backward)
+    torch.library.register_autograd("groupbert::grouped_conv1d_segments", _segments_backward,
+                                    setup_context=_segments_setup_context)
+    torch.library.register_autograd("groupbert::grouped_conv1d_segments_backward", _no_segments_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+    torch.library.register_autocast("groupbert::grouped_conv1d_segments", "cpu", torch.bfloat16)
     _registered = True
 
 
@@ -157,6 +186,27 @@ def _fake_backward(grad_output: Tensor, input: Tensor, weight: Tensor, groups: i
             weight.new_empty(weight.shape[0]) if output_mask[2] else weight.new_empty(0))
 
 
+def _check_segment_ids(input: Tensor, segment_ids: Tensor) -> None:
+    torch._check(segment_ids.dim() == 2 and segment_ids.shape[0] == input.shape[0]
+                 and segment_ids.shape[1] == input.shape[1],
+                 lambda: f"grouped_conv1d_segments: segment_ids must be [B, T] = {tuple(input.shape[:2])}, "
+                         f"got {tuple(segment_ids.shape)}")
+    torch._check(segment_ids.dtype in _CPP_ID_DTYPES,
+                 lambda: f"grouped_conv1d_segments: segment_ids must be integer, got {segment_ids.dtype}")
+
+
+def _fake_segments_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int,
+                           segment_ids: Tensor) -> Tensor:
+    _check_segment_ids(input, segment_ids)
+    return _fake_forward(input, weight, bias, groups)
+
+
+def _fake_segments_backward(grad_output: Tensor, input: Tensor, weight: Tensor, segment_ids: Tensor, groups: int,
+                            output_mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    _check_segment_ids(input, segment_ids)
+    return _fake_backward(grad_output, input, weight, groups, output_mask)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     input, weight, bias, groups = inputs
     ctx.save_for_backward(input, weight)
@@ -173,8 +223,29 @@ def _backward(ctx, grad_output: Tensor):
             grad_bias if mask[2] else None, None)
 
 
+def _segments_setup_context(ctx, inputs, output) -> None:
+    input, weight, bias, groups, segment_ids = inputs
+    ctx.save_for_backward(input, weight, segment_ids)
+    ctx.groups = groups
+    ctx.has_bias = bias is not None
+
+
+def _segments_backward(ctx, grad_output: Tensor):
+    input, weight, segment_ids = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    grad_input, grad_weight, grad_bias = torch.ops.groupbert.grouped_conv1d_segments_backward(
+        grad_output, input, weight, segment_ids, ctx.groups, mask)
+    return (grad_input if mask[0] else None, grad_weight if mask[1] else None,
+            grad_bias if mask[2] else None, None, None)  # groups and segment_ids: no gradient
+
+
 def _no_double_backward(ctx, *grads):
     # Registered so that a second derivative fails loudly, rather than being silently dropped by the
     # dispatcher's fallback for ops without an autograd kernel.
     raise NotImplementedError("groupbert::grouped_conv1d: double backward is not supported; use "
                               "custom_ops.grouped_conv1d_reference (F.conv1d) for higher derivatives")
+
+
+def _no_segments_double_backward(ctx, *grads):
+    raise NotImplementedError("groupbert::grouped_conv1d_segments: double backward is not supported; use "
+                              "custom_ops.grouped_conv1d_segments_reference for higher derivatives")

@@ -23,6 +23,17 @@
 // register tiles of IB input x OB output channels sweep each group's block for every tap. For square
 // groups (GroupBERT) the input gradient is computed in the same pass from the same staged gy rows.
 // bfloat16 is computed in float and rounded once at the end.
+//
+// Packed rows (groupbert::grouped_conv1d_segments / _segments_backward): segment_ids [B, T] split each
+// row into runs of equal contiguous ids, and a tap reads only inside the output's own run:
+//   y[b, t, o]      = bias[o] + sum_k sum_i [run(s) = run(t)] x[b, s, g(o) Cin_g + i] w[o, i, k]   s = t + k - P
+//   grad_x[b, s, c] = sum_k sum_o [run(t) = run(s)] gy[b, t, o] w[o, c - g Cin_g, k]             t = s - k + P
+//   grad_w[o, i, k] = sum_b sum_t [run(s) = run(t)] gy[b, t, o] x[b, s, g(o) Cin_g + i]          s = t + k - P
+// i.e. each run is convolved as if it were its own zero-padded sequence. The mask is symmetric, so
+// grad_x is again the segmented convolution of gy with the flipped kernel, and the same kernels serve:
+// work items are cut at run edges (a run of L steps: ceil(L / chunk) items) and the halo rows that fall
+// outside the item's run are staged as zeros, exactly as the rows outside [0, T) are for whole rows.
+// grad_bias is the plain column sum (the mask does not enter it).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -152,18 +163,35 @@ GC_INLINE void conv_tile(const acc_t* __restrict x, const acc_t* __restrict w, c
   for (int tt = 0; tt < TT; ++tt) acc[tt].store(out + tt * out_stride);
 }
 
-// Rows t_first .. t_first + n_rows - 1 of sequence b of src [B, T, C] (zeros outside [0, T)) into dst,
+// The last n < TT steps of a work item: tiles of TT / 2 steps, then single steps. Packed rows end a
+// work item at every run edge, so their tails are common (about half the runs' steps are in them at 3
+// runs of ~43 steps per 128); a single-step tile does one weight load per multiply-add.
+template <int TT, int OB, bool SQ, typename scalar_t, typename acc_t>
+GC_INLINE void conv_tail(int64_t n, const acc_t* x, const acc_t* w, const acc_t* init, scalar_t* out,
+                         int64_t out_stride, int64_t K, int64_t cin_g, int64_t cout_g) {
+  int64_t tt = 0;
+  if constexpr (TT >= 4) {
+    constexpr int H = TT / 2;
+    for (; tt + H <= n; tt += H)
+      conv_tile<H, OB, SQ>(x + tt * cin_g, w, init, out + tt * out_stride, out_stride, K, cin_g, cout_g);
+  }
+  for (; tt < n; ++tt)
+    conv_tile<1, OB, SQ>(x + tt * cin_g, w, init, out + tt * out_stride, out_stride, K, cin_g, cout_g);
+}
+
+// Rows t_first .. t_first + n_rows - 1 of sequence b of src [B, T, C] (zeros outside [lo, hi): [0, T), or
+// the work item's run of equal segment ids) into dst,
 // group-major [G][n_rows][C / G] in the accumulation type. Rows are read whole and in order (streaming,
 // which the hardware prefetchers follow; a group's 64-byte slices of rows 3 KiB apart are not), and
 // each group's slice comes out contiguous, so the tiles below address it as one pointer plus constants
 // with no bounds checks. CG: C / G when known at compile time (0: at run time).
 template <int CG, typename scalar_t, typename acc_t>
 void stage_rows(const scalar_t* src, acc_t* dst, int64_t b, int64_t T, int64_t C, int64_t G, int64_t t_first,
-                int64_t n_rows) {
+                int64_t n_rows, int64_t lo, int64_t hi) {
   const int64_t cg = CG > 0 ? CG : C / G;
   for (int64_t j = 0; j < n_rows; ++j) {
     const int64_t t = t_first + j;
-    if (t >= 0 && t < T) {
+    if (t >= lo && t < hi) {
       const scalar_t* row = src + (b * T + t) * C;
       for (int64_t g = 0; g < G; ++g) {
         acc_t* d = dst + (g * n_rows + j) * cg;
@@ -175,14 +203,13 @@ void stage_rows(const scalar_t* src, acc_t* dst, int64_t b, int64_t T, int64_t C
   }
 }
 
-// Rows t_first .. t_first + n_rows - 1 of sequence b of src (clamped to [0, T)): one contiguous range
+// Rows lo .. hi - 1 of sequence b of src (already clamped to what the item reads): one contiguous range
 // of memory, of which part `part` of `parts` is prefetched into L2. Spread over the G groups' compute
 // of one work item, this brings the next item's rows in while the current one computes, so that
 // stage_rows finds them in cache instead of waiting on memory.
 template <typename scalar_t>
-GC_INLINE void prefetch_rows(const scalar_t* src, int64_t b, int64_t T, int64_t C, int64_t t_first, int64_t n_rows,
+GC_INLINE void prefetch_rows(const scalar_t* src, int64_t b, int64_t T, int64_t C, int64_t lo, int64_t hi,
                              int64_t part, int64_t parts) {
-  const int64_t lo = std::max<int64_t>(t_first, 0), hi = std::min(T, t_first + n_rows);
   if (lo >= hi) return;
   const char* base = reinterpret_cast<const char*>(src + (b * T + lo) * C);
   const int64_t bytes = (hi - lo) * C * int64_t(sizeof(scalar_t));
@@ -202,27 +229,89 @@ inline int64_t chunk_steps(int64_t B, int64_t T, int64_t width, int64_t multiple
   return multiple * ((c + multiple - 1) / multiple);
 }
 
+// A work item: output steps [t_lo, t_hi) of sequence b, whose taps read input rows in [lo, hi) only
+// (zeros outside): [0, T) for whole rows, the step's run of equal segment ids for packed rows. Its halo
+// rows are t_lo - P .. t_hi + P - 1, of which [max(t_lo - P, lo), min(t_hi + P, hi)) are read.
+struct Item {
+  int64_t b, t_lo, t_hi, lo, hi;
+};
+
+// Whole rows: item j is chunk j % n_chunks of sequence j / n_chunks (computed, nothing stored).
+struct ChunkItems {
+  int64_t T, chunk, n_chunks;
+  GC_INLINE Item operator()(int64_t j) const {
+    const int64_t b = j / n_chunks, t_lo = j % n_chunks * chunk;
+    return {b, t_lo, std::min(T, t_lo + chunk), 0, T};
+  }
+};
+
+// Packed rows: the items listed by split_runs.
+struct ListItems {
+  const Item* items;
+  GC_INLINE Item operator()(int64_t j) const { return items[j]; }
+};
+
+// A run of equal contiguous segment ids: steps [lo, hi) of sequence b.
+struct Run {
+  int64_t b, lo, hi;
+};
+
+// [B, T] segment ids (any integer type) -> their runs, in row-major order.
+std::vector<Run> find_runs(const at::Tensor& ids) {
+  std::vector<Run> runs;
+  const int64_t B = ids.size(0), T = ids.size(1);
+  AT_DISPATCH_INTEGRAL_TYPES(ids.scalar_type(), "grouped_conv1d_segments", [&] {
+    const scalar_t* p = ids.const_data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t lo = 0;
+      for (int64_t t = 1; t <= T; ++t)
+        if (t == T || p[b * T + t] != p[b * T + t - 1]) {
+          runs.push_back({b, lo, t});
+          lo = t;
+        }
+    }
+  });
+  return runs;
+}
+
+// Each run cut into ceil(L / chunk) items of equal length rounded up to a multiple of `multiple` (so
+// only the run's last item has a partial register tile); chunk is itself a multiple of `multiple`, so
+// no item is longer than chunk and none is empty.
+std::vector<Item> split_runs(const std::vector<Run>& runs, int64_t chunk, int64_t multiple) {
+  std::vector<Item> items;
+  items.reserve(runs.size());
+  for (const Run& r : runs) {
+    const int64_t L = r.hi - r.lo, n = (L + chunk - 1) / chunk;
+    const int64_t len = multiple * (((L + n - 1) / n + multiple - 1) / multiple);
+    for (int64_t t = r.lo; t < r.hi; t += len) items.push_back({r.b, t, std::min(r.hi, t + len), r.lo, r.hi});
+  }
+  return items;
+}
+
 // out[b, t, g cout_g + o] = bias[..] + sum_k sum_i in[b, t + k - P, g cin_g + i] wt[g][k][i][o]
-// (in: [B, T, cin], out: [B, T, cout], wt: [G][K][cin_g][cout_g], bias: [cout] or null).
-// A work item is (sequence, chunk of time steps): it stages the chunk's input rows with their K - 1
-// halo rows (stage_rows), then runs every group's tiles over them, with that group's 7 KiB kernel
-// (GroupBERT Base) read from L1/L2.
-template <int OB, bool SQ, typename scalar_t, typename acc_t>
-void conv_channels_last(const scalar_t* in, const acc_t* wt, const acc_t* bias, scalar_t* out, int64_t B,
-                        int64_t T, int64_t cin, int64_t cout, int64_t G, int64_t K) {
-  constexpr int TT = tile_depth<acc_t, OB, 12>();  // AVX2, 16 floats: 6 steps = 12 accumulators
+// (in: [B, T, cin], out: [B, T, cout], wt: [G][K][cin_g][cout_g], bias: [cout] or null), with in = 0
+// outside each item's readable rows [lo, hi).
+// A work item (items(j), j < n_items, at most `chunk` steps; ChunkItems / ListItems) stages its input rows
+// with their K - 1 halo rows (stage_rows), then runs every group's tiles over them, with that group's
+// 7 KiB kernel (GroupBERT Base) read from L1/L2.
+template <int OB, bool SQ, typename scalar_t, typename acc_t, typename Items>
+void conv_items(const scalar_t* in, const acc_t* wt, const acc_t* bias, scalar_t* out, int64_t T, int64_t cin,
+                int64_t cout, int64_t G, int64_t K, const Items& items, int64_t n_items, int64_t chunk,
+                int64_t item_steps) {
+  constexpr int TT = tile_depth<acc_t, OB, 12>();
   const int64_t cin_g = cin / G, cout_g = cout / G, P = K / 2;
-  const int64_t chunk = chunk_steps(B, T, cin, TT), n_chunks = (T + chunk - 1) / chunk;
-  at::parallel_for(0, B * n_chunks, grain(chunk * K * cin * cout_g), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_items, grain(item_steps * K * cin * cout_g), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> xs((chunk + K - 1) * cin);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / n_chunks, t_lo = item % n_chunks * chunk, t_hi = std::min(T, t_lo + chunk);
+    for (int64_t j = begin; j < end; ++j) {
+      const Item it = items(j);
+      const int64_t b = it.b, t_lo = it.t_lo, t_hi = it.t_hi;
       const int64_t n_rows = t_hi - t_lo + K - 1;
-      stage_rows<SQ ? OB : 0>(in, xs.data(), b, T, cin, G, t_lo - P, n_rows);
-      const int64_t next = item + 1 < end ? item + 1 : -1;
-      const int64_t nb = next / n_chunks, nt = next % n_chunks * chunk;
+      stage_rows<SQ ? OB : 0>(in, xs.data(), b, T, cin, G, t_lo - P, n_rows, it.lo, it.hi);
+      Item nx{0, 0, 0, 0, 0};  // the next item's rows, prefetched while this one computes
+      if (j + 1 < end) nx = items(j + 1);
+      const int64_t n_lo = std::max(nx.t_lo - P, nx.lo), n_hi = std::min(nx.t_hi + P, nx.hi);
       for (int64_t g = 0; g < G; ++g) {
-        if (next >= 0) prefetch_rows(in, nb, T, cin, nt - P, chunk + K - 1, g, G);
+        prefetch_rows(in, nx.b, T, cin, n_lo, n_hi, g, G);
         const acc_t* wg = wt + g * K * cin_g * cout_g;
         const acc_t* xg = xs.data() + g * n_rows * cin_g;
         for (int64_t o0 = 0; o0 < cout_g; o0 += OB) {
@@ -234,8 +323,7 @@ void conv_channels_last(const scalar_t* in, const acc_t* wt, const acc_t* bias, 
             if (n == TT) {
               conv_tile<TT, OB, SQ>(x0, wg + o0, init, o, cout, K, cin_g, cout_g);
             } else {
-              for (int64_t tt = 0; tt < n; ++tt)
-                conv_tile<1, OB, SQ>(x0 + tt * cin_g, wg + o0, init, o + tt * cout, cout, K, cin_g, cout_g);
+              conv_tail<TT, OB, SQ>(n, x0, wg + o0, init, o, cout, K, cin_g, cout_g);
             }
           }
         }
@@ -244,23 +332,41 @@ void conv_channels_last(const scalar_t* in, const acc_t* wt, const acc_t* bias, 
   });
 }
 
+// The convolution over whole rows (runs == null: (sequence, chunk) items) or over the runs of packed rows.
+template <int OB, bool SQ, typename scalar_t, typename acc_t>
+void conv_channels_last(const scalar_t* in, const acc_t* wt, const acc_t* bias, scalar_t* out, int64_t B,
+                        int64_t T, int64_t cin, int64_t cout, int64_t G, int64_t K, const std::vector<Run>* runs) {
+  constexpr int TT = tile_depth<acc_t, OB, 12>();  // AVX2, 16 floats: 6 steps = 12 accumulators
+  const int64_t chunk = chunk_steps(B, T, cin, TT);
+  if (!runs) {
+    const int64_t n_chunks = (T + chunk - 1) / chunk;
+    conv_items<OB, SQ>(in, wt, bias, out, T, cin, cout, G, K, ChunkItems{T, chunk, n_chunks}, B * n_chunks, chunk,
+                       chunk);
+  } else {
+    const std::vector<Item> items = split_runs(*runs, chunk, TT);
+    const int64_t n = static_cast<int64_t>(items.size());
+    conv_items<OB, SQ>(in, wt, bias, out, T, cin, cout, G, K, ListItems{items.data()}, n, chunk,
+                       (B * T + n - 1) / std::max<int64_t>(n, 1));
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void conv_dispatch(const scalar_t* in, const acc_t* wt, const acc_t* bias, scalar_t* out, int64_t B,
-                   int64_t T, int64_t cin, int64_t cout, int64_t G, int64_t K) {
+                   int64_t T, int64_t cin, int64_t cout, int64_t G, int64_t K, const std::vector<Run>* runs) {
   const int64_t cin_g = cin / G, cout_g = cout / G;
   if (cin_g == cout_g) {  // square groups of 16, 8 or 4 channels (GroupBERT: 16): fully unrolled
     switch (cout_g) {
-      case 16: return conv_channels_last<16, true>(in, wt, bias, out, B, T, cin, cout, G, K);
-      case 8: return conv_channels_last<8, true>(in, wt, bias, out, B, T, cin, cout, G, K);
-      case 4: return conv_channels_last<4, true>(in, wt, bias, out, B, T, cin, cout, G, K);
+      case 16: return conv_channels_last<16, true>(in, wt, bias, out, B, T, cin, cout, G, K, runs);
+      case 8: return conv_channels_last<8, true>(in, wt, bias, out, B, T, cin, cout, G, K, runs);
+      case 4: return conv_channels_last<4, true>(in, wt, bias, out, B, T, cin, cout, G, K, runs);
       default: break;
     }
   }
   switch (pick_block(cout_g)) {
-    case 16: return conv_channels_last<16, false>(in, wt, bias, out, B, T, cin, cout, G, K);
-    case 8: return conv_channels_last<8, false>(in, wt, bias, out, B, T, cin, cout, G, K);
-    case 4: return conv_channels_last<4, false>(in, wt, bias, out, B, T, cin, cout, G, K);
-    default: return conv_channels_last<1, false>(in, wt, bias, out, B, T, cin, cout, G, K);
+    case 16: return conv_channels_last<16, false>(in, wt, bias, out, B, T, cin, cout, G, K, runs);
+    case 8: return conv_channels_last<8, false>(in, wt, bias, out, B, T, cin, cout, G, K, runs);
+    case 4: return conv_channels_last<4, false>(in, wt, bias, out, B, T, cin, cout, G, K, runs);
+    default: return conv_channels_last<1, false>(in, wt, bias, out, B, T, cin, cout, G, K, runs);
   }
 }
 
@@ -292,16 +398,16 @@ GC_INLINE void grad_weight_tile(const acc_t* __restrict x, const acc_t* __restri
 // partial kernel (the first straight into gwt, the others zeroed buffers added up at the end). A
 // block's x and gy rows, with their halos, are staged group-major (stage_rows); each group's slices
 // (~4 KiB each at Base) then stay in L1 while all its register tiles sweep them.
-template <int OB, bool SQ, typename scalar_t, typename acc_t>
-void backward_channels_last(const scalar_t* x, const scalar_t* gy, const acc_t* wflip, scalar_t* gx, acc_t* gwt,
-                            acc_t* gbias, int64_t B, int64_t T, int64_t cin, int64_t cout, int64_t G, int64_t K) {
+// Row blocks are work items as in conv_items (items(r), r < rows): with packed rows x and gy are staged
+// as zeros outside the item's run, so the sums above only pair steps of one run.
+template <int OB, bool SQ, typename scalar_t, typename acc_t, typename Items>
+void backward_items(const scalar_t* x, const scalar_t* gy, const acc_t* wflip, scalar_t* gx, acc_t* gwt,
+                    acc_t* gbias, int64_t B, int64_t T, int64_t cin, int64_t cout, int64_t G, int64_t K,
+                    const Items& items, int64_t rows, int64_t chunk) {
   constexpr int IB = tile_depth<acc_t, OB, 8>();   // input channels per weight-gradient tile (4 or 8)
   constexpr int TT = tile_depth<acc_t, OB, 12>();  // time steps per input-gradient tile, as in the forward
   const int64_t cin_g = cin / G, cout_g = cout / G, P = K / 2;
-  TORCH_INTERNAL_ASSERT(!gx || (SQ && cin_g == cout_g), "fused input gradient needs square groups");
   const int64_t wsize = G * K * cin_g * cout_g;
-  const int64_t chunk = chunk_steps(B, T, std::max(cin, cout), gx ? TT : 1), n_chunks = (T + chunk - 1) / chunk;
-  const int64_t rows = B * n_chunks;
   const int64_t splits = B * T * K * cin * cout_g < 2 * kMinTaskWork
                              ? 1 : std::min<int64_t>(rows, at::get_num_threads());
   const int64_t psize = wsize + (gbias ? cout : 0);  // partial buffer: kernel, then bias
@@ -312,17 +418,17 @@ void backward_channels_last(const scalar_t* x, const scalar_t* gy, const acc_t* 
       acc_t* pw = s == 0 ? gwt : partial.data() + (s - 1) * psize;
       acc_t* pb = !gbias ? nullptr : (s == 0 ? gbias : partial.data() + (s - 1) * psize + wsize);
       for (int64_t r = rows * s / splits; r < rows * (s + 1) / splits; ++r) {
-        const int64_t b = r / n_chunks, c0 = r % n_chunks * chunk, n = std::min(T, c0 + chunk) - c0;
+        const Item it = items(r);
+        const int64_t b = it.b, c0 = it.t_lo, n = it.t_hi - it.t_lo;
         const int64_t n_rows = n + K - 1;
-        stage_rows<SQ ? OB : 0>(x, xs.data(), b, T, cin, G, c0 - P, n_rows);
-        stage_rows<SQ ? OB : 0>(gy, gs.data(), b, T, cout, G, c0 - P, n_rows);  // with halo for gx
-        const int64_t next = r + 1 < rows * (s + 1) / splits ? r + 1 : -1;
-        const int64_t nb = next / n_chunks, nc = next % n_chunks * chunk;
+        stage_rows<SQ ? OB : 0>(x, xs.data(), b, T, cin, G, c0 - P, n_rows, it.lo, it.hi);
+        stage_rows<SQ ? OB : 0>(gy, gs.data(), b, T, cout, G, c0 - P, n_rows, it.lo, it.hi);  // with halo for gx
+        Item nx{0, 0, 0, 0, 0};  // the next block's rows, prefetched while this one computes
+        if (r + 1 < rows * (s + 1) / splits) nx = items(r + 1);
+        const int64_t n_lo = std::max(nx.t_lo - P, nx.lo), n_hi = std::min(nx.t_hi + P, nx.hi);
         for (int64_t g = 0; g < G; ++g) {
-          if (next >= 0) {
-            prefetch_rows(x, nb, T, cin, nc - P, chunk + K - 1, g, G);
-            prefetch_rows(gy, nb, T, cout, nc - P, chunk + K - 1, g, G);
-          }
+          prefetch_rows(x, nx.b, T, cin, n_lo, n_hi, g, G);
+          prefetch_rows(gy, nx.b, T, cout, n_lo, n_hi, g, G);
           const acc_t* xg = xs.data() + g * n_rows * cin_g;
           const acc_t* gg = gs.data() + (g * n_rows + P) * cout_g;  // the block's own gy rows
           if (gx) {
@@ -335,8 +441,7 @@ void backward_channels_last(const scalar_t* x, const scalar_t* gy, const acc_t* 
               if (m == TT) {
                 conv_tile<TT, OB, SQ>(hg + (t0 - c0) * cout_g, wg, no_bias, o, cin, K, cout_g, cin_g);
               } else {
-                for (int64_t tt = 0; tt < m; ++tt)
-                  conv_tile<1, OB, SQ>(hg + (t0 - c0 + tt) * cout_g, wg, no_bias, o + tt * cin, cin, K, cout_g, cin_g);
+                conv_tail<TT, OB, SQ>(m, hg + (t0 - c0) * cout_g, wg, no_bias, o, cin, K, cout_g, cin_g);
               }
             }
           }
@@ -375,28 +480,48 @@ void backward_channels_last(const scalar_t* x, const scalar_t* gy, const acc_t* 
   }
 }
 
+// The backward over whole rows (runs == null: (sequence, chunk) blocks) or over the runs of packed rows.
+template <int OB, bool SQ, typename scalar_t, typename acc_t>
+void backward_channels_last(const scalar_t* x, const scalar_t* gy, const acc_t* wflip, scalar_t* gx, acc_t* gwt,
+                            acc_t* gbias, int64_t B, int64_t T, int64_t cin, int64_t cout, int64_t G, int64_t K,
+                            const std::vector<Run>* runs) {
+  constexpr int TT = tile_depth<acc_t, OB, 12>();
+  TORCH_INTERNAL_ASSERT(!gx || (SQ && cin == cout), "fused input gradient needs square groups");
+  const int64_t chunk = chunk_steps(B, T, std::max(cin, cout), gx ? TT : 1);
+  if (!runs) {
+    const int64_t n_chunks = (T + chunk - 1) / chunk;
+    backward_items<OB, SQ>(x, gy, wflip, gx, gwt, gbias, B, T, cin, cout, G, K, ChunkItems{T, chunk, n_chunks},
+                           B * n_chunks, chunk);
+  } else {
+    const std::vector<Item> items = split_runs(*runs, chunk, gx ? TT : 1);
+    backward_items<OB, SQ>(x, gy, wflip, gx, gwt, gbias, B, T, cin, cout, G, K, ListItems{items.data()},
+                           static_cast<int64_t>(items.size()), chunk);
+  }
+}
+
 // The weight (and bias) gradient, and the input gradient if gx: fused in one pass for square groups of
 // 16, 8 or 4 channels (GroupBERT), otherwise the input gradient as a separate convolution.
 template <typename scalar_t, typename acc_t>
 void backward_dispatch(const scalar_t* x, const scalar_t* gy, const acc_t* wflip, scalar_t* gx, acc_t* gwt,
-                       acc_t* gbias, int64_t B, int64_t T, int64_t cin, int64_t cout, int64_t G, int64_t K) {
+                       acc_t* gbias, int64_t B, int64_t T, int64_t cin, int64_t cout, int64_t G, int64_t K,
+                       const std::vector<Run>* runs) {
   const int64_t cin_g = cin / G, cout_g = cout / G;
   if (cin_g == cout_g) {
     switch (cout_g) {
-      case 16: return backward_channels_last<16, true>(x, gy, wflip, gx, gwt, gbias, B, T, cin, cout, G, K);
-      case 8: return backward_channels_last<8, true>(x, gy, wflip, gx, gwt, gbias, B, T, cin, cout, G, K);
-      case 4: return backward_channels_last<4, true>(x, gy, wflip, gx, gwt, gbias, B, T, cin, cout, G, K);
+      case 16: return backward_channels_last<16, true>(x, gy, wflip, gx, gwt, gbias, B, T, cin, cout, G, K, runs);
+      case 8: return backward_channels_last<8, true>(x, gy, wflip, gx, gwt, gbias, B, T, cin, cout, G, K, runs);
+      case 4: return backward_channels_last<4, true>(x, gy, wflip, gx, gwt, gbias, B, T, cin, cout, G, K, runs);
       default: break;
     }
   }
-  if (gx) conv_dispatch<scalar_t, acc_t>(gy, wflip, nullptr, gx, B, T, cout, cin, G, K);
+  if (gx) conv_dispatch<scalar_t, acc_t>(gy, wflip, nullptr, gx, B, T, cout, cin, G, K, runs);
   const acc_t* no_w = nullptr;
   scalar_t* no_gx = nullptr;
   switch (pick_block(cout_g)) {
-    case 16: return backward_channels_last<16, false>(x, gy, no_w, no_gx, gwt, gbias, B, T, cin, cout, G, K);
-    case 8: return backward_channels_last<8, false>(x, gy, no_w, no_gx, gwt, gbias, B, T, cin, cout, G, K);
-    case 4: return backward_channels_last<4, false>(x, gy, no_w, no_gx, gwt, gbias, B, T, cin, cout, G, K);
-    default: return backward_channels_last<1, false>(x, gy, no_w, no_gx, gwt, gbias, B, T, cin, cout, G, K);
+    case 16: return backward_channels_last<16, false>(x, gy, no_w, no_gx, gwt, gbias, B, T, cin, cout, G, K, runs);
+    case 8: return backward_channels_last<8, false>(x, gy, no_w, no_gx, gwt, gbias, B, T, cin, cout, G, K, runs);
+    case 4: return backward_channels_last<4, false>(x, gy, no_w, no_gx, gwt, gbias, B, T, cin, cout, G, K, runs);
+    default: return backward_channels_last<1, false>(x, gy, no_w, no_gx, gwt, gbias, B, T, cin, cout, G, K, runs);
   }
 }
 
@@ -462,19 +587,32 @@ void check_args(const at::Tensor& input, const at::Tensor& weight, int64_t group
               ": supported dtypes are float32, float64 and bfloat16, got ", dt);
 }
 
-at::Tensor grouped_conv1d(const at::Tensor& input_, const at::Tensor& weight_,
-                          const c10::optional<at::Tensor>& bias_opt, int64_t groups) {
-  check_args(input_, weight_, groups, "grouped_conv1d");
+// segment_ids must be [B, T] integers on the CPU; returns their runs.
+std::vector<Run> check_segments(const at::Tensor& input, const at::Tensor& segment_ids, const char* op) {
+  TORCH_CHECK(segment_ids.dim() == 2 && segment_ids.size(0) == input.size(0) && segment_ids.size(1) == input.size(1),
+              op, ": segment_ids must be [batch, time] = [", input.size(0), ", ", input.size(1), "], got shape ",
+              segment_ids.sizes());
+  const auto dt = segment_ids.scalar_type();
+  TORCH_CHECK((dt == at::kLong || dt == at::kInt || dt == at::kShort || dt == at::kChar || dt == at::kByte) &&
+                  segment_ids.device().is_cpu(),
+              op, ": segment_ids must be an integer (int8/16/32/64 or uint8) CPU tensor, got ", dt, " on ",
+              segment_ids.device());
+  return find_runs(segment_ids.contiguous());
+}
+
+// Forward of both ops: runs == null for whole rows.
+at::Tensor conv_forward(const at::Tensor& input_, const at::Tensor& weight_, const c10::optional<at::Tensor>& bias_opt,
+                        int64_t groups, const std::vector<Run>* runs, const char* op) {
   const at::Tensor input = input_.contiguous(), weight = weight_.contiguous();
   const int64_t B = input.size(0), T = input.size(1), C = input.size(2);
   const int64_t cout = weight.size(0), K = weight.size(2);
   at::Tensor bias;
   if (bias_opt.has_value() && bias_opt->defined()) {
     bias = bias_opt->contiguous();
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == cout, "grouped_conv1d: bias must have shape [", cout,
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == cout, op, ": bias must have shape [", cout,
                 "], got ", bias.sizes());
     TORCH_CHECK(bias.scalar_type() == input.scalar_type() && bias.device().is_cpu(),
-                "grouped_conv1d: bias must be a CPU tensor of the input's dtype (", input.scalar_type(),
+                op, ": bias must be a CPU tensor of the input's dtype (", input.scalar_type(),
                 "), got ", bias.scalar_type(), " on ", bias.device());
   }
   at::Tensor out = at::empty({B, T, cout}, input.options());
@@ -489,24 +627,38 @@ at::Tensor grouped_conv1d(const at::Tensor& input_, const at::Tensor& weight_,
       b.assign(bp, bp + cout);
     }
     conv_dispatch<scalar_t, acc_t>(input.const_data_ptr<scalar_t>(), wt.data(), bias.defined() ? b.data() : nullptr,
-                                   out.mutable_data_ptr<scalar_t>(), B, T, C, cout, groups, K);
+                                   out.mutable_data_ptr<scalar_t>(), B, T, C, cout, groups, K, runs);
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_conv1d_backward(const at::Tensor& grad_output_,
-                                                                       const at::Tensor& input_,
-                                                                       const at::Tensor& weight_, int64_t groups,
-                                                                       std::array<bool, 3> output_mask) {
-  check_args(input_, weight_, groups, "grouped_conv1d_backward");
+at::Tensor grouped_conv1d(const at::Tensor& input, const at::Tensor& weight,
+                          const c10::optional<at::Tensor>& bias_opt, int64_t groups) {
+  check_args(input, weight, groups, "grouped_conv1d");
+  return conv_forward(input, weight, bias_opt, groups, nullptr, "grouped_conv1d");
+}
+
+at::Tensor grouped_conv1d_segments(const at::Tensor& input, const at::Tensor& weight,
+                                   const c10::optional<at::Tensor>& bias_opt, int64_t groups,
+                                   const at::Tensor& segment_ids) {
+  check_args(input, weight, groups, "grouped_conv1d_segments");
+  const std::vector<Run> runs = check_segments(input, segment_ids, "grouped_conv1d_segments");
+  return conv_forward(input, weight, bias_opt, groups, &runs, "grouped_conv1d_segments");
+}
+
+// Backward of both ops: runs == null for whole rows.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(const at::Tensor& grad_output_, const at::Tensor& input_,
+                                                             const at::Tensor& weight_, int64_t groups,
+                                                             std::array<bool, 3> output_mask,
+                                                             const std::vector<Run>* runs, const char* op) {
   const int64_t B = input_.size(0), T = input_.size(1), C = input_.size(2);
   const int64_t cout = weight_.size(0), cin_g = weight_.size(1), K = weight_.size(2);
   TORCH_CHECK(grad_output_.dim() == 3 && grad_output_.size(0) == B && grad_output_.size(1) == T &&
                   grad_output_.size(2) == cout,
-              "grouped_conv1d_backward: grad_output must have shape [", B, ", ", T, ", ", cout, "], got ",
+              op, ": grad_output must have shape [", B, ", ", T, ", ", cout, "], got ",
               grad_output_.sizes());
   TORCH_CHECK(grad_output_.scalar_type() == input_.scalar_type() && grad_output_.device().is_cpu(),
-              "grouped_conv1d_backward: grad_output must be a CPU tensor of the input's dtype (",
+              op, ": grad_output must be a CPU tensor of the input's dtype (",
               input_.scalar_type(), "), got ", grad_output_.scalar_type(), " on ", grad_output_.device());
   const at::Tensor gy = grad_output_.contiguous(), input = input_.contiguous(), weight = weight_.contiguous();
   // Masked-out gradients are returned as empty [0] tensors (the schema's outputs are not optional).
@@ -514,7 +666,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_conv1d_backward(const at:
   at::Tensor grad_weight = output_mask[1] ? at::empty({cout, cin_g, K}, weight.options())
                                           : at::empty({0}, weight.options());
   at::Tensor grad_bias = output_mask[2] ? at::empty({cout}, weight.options()) : at::empty({0}, weight.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "grouped_conv1d_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "grouped_conv1d", [&] {
     using acc_t = typename AccType<scalar_t>::type;
     const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
     const bool want_gx = output_mask[0] && grad_input.numel() > 0;
@@ -531,7 +683,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_conv1d_backward(const at:
       const int64_t cout_g = cout / groups, wsize = cout * cin_g * K;
       std::vector<acc_t> gwt(wsize + (fuse_bias ? cout : 0), acc_t(0));
       backward_dispatch<scalar_t, acc_t>(input.const_data_ptr<scalar_t>(), gyp, wflip.data(), gxp, gwt.data(),
-                                         fuse_bias ? gwt.data() + wsize : nullptr, B, T, C, cout, groups, K);
+                                         fuse_bias ? gwt.data() + wsize : nullptr, B, T, C, cout, groups, K, runs);
       scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, groups, grain(cout_g * cin_g * K), [&](int64_t begin, int64_t end) {
         for (int64_t g = begin; g < end; ++g)
@@ -548,11 +700,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_conv1d_backward(const at:
     } else if (output_mask[1] && grad_weight.numel() > 0) {
       grad_weight.zero_();  // no rows (B * T == 0)
     }
-    if (gxp && !want_gw) conv_dispatch<scalar_t, acc_t>(gyp, wflip.data(), nullptr, gxp, B, T, cout, C, groups, K);
+    if (gxp && !want_gw)
+      conv_dispatch<scalar_t, acc_t>(gyp, wflip.data(), nullptr, gxp, B, T, cout, C, groups, K, runs);
     if (output_mask[2] && grad_bias.numel() > 0 && !fuse_bias)
       grad_bias_channels_last<scalar_t, acc_t>(gyp, grad_bias.mutable_data_ptr<scalar_t>(), B * T, cout);
   });
   return {grad_input, grad_weight, grad_bias};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_conv1d_backward(const at::Tensor& grad_output,
+                                                                       const at::Tensor& input,
+                                                                       const at::Tensor& weight, int64_t groups,
+                                                                       std::array<bool, 3> output_mask) {
+  check_args(input, weight, groups, "grouped_conv1d_backward");
+  return conv_backward(grad_output, input, weight, groups, output_mask, nullptr, "grouped_conv1d_backward");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_conv1d_segments_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& segment_ids,
+    int64_t groups, std::array<bool, 3> output_mask) {
+  check_args(input, weight, groups, "grouped_conv1d_segments_backward");
+  const std::vector<Run> runs = check_segments(input, segment_ids, "grouped_conv1d_segments_backward");
+  return conv_backward(grad_output, input, weight, groups, output_mask, &runs, "grouped_conv1d_segments_backward");
 }
 
 }  // namespace
@@ -562,9 +731,16 @@ TORCH_LIBRARY_FRAGMENT(groupbert, m) {
   m.def(
       "grouped_conv1d_backward(Tensor grad_output, Tensor input, Tensor weight, int groups, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // Packed rows: segment_ids [B, T] (integers) cut the kernel window at every run of equal ids.
+  m.def("grouped_conv1d_segments(Tensor input, Tensor weight, Tensor? bias, int groups, Tensor segment_ids) -> Tensor");
+  m.def(
+      "grouped_conv1d_segments_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor segment_ids, "
+      "int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(groupbert, CPU, m) {
   m.impl("grouped_conv1d", &grouped_conv1d);
   m.impl("grouped_conv1d_backward", &grouped_conv1d_backward);
+  m.impl("grouped_conv1d_segments", &grouped_conv1d_segments);
+  m.impl("grouped_conv1d_segments_backward", &grouped_conv1d_segments_backward);
 }
