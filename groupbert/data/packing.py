@@ -158,19 +158,83 @@ def max_predictions_per_row(seq_len: int, mask_prob: float, max_predictions: int
     return min(max_per_pack * max_predictions, int(mask_prob * seq_len) + max_per_pack)
 
 
-def _segments(members: np.ndarray, seq_lens: np.ndarray):
-    """Flat (row, slot, source, offset in row, length) of every placed sequence."""
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where every sequence went: one entry per sequence, in the order of ``src`` (its input index)."""
+    row: np.ndarray      # packed row
+    slot: np.ndarray     # 0-based place within the row (sequence number - 1)
+    src: np.ndarray      # index of the sequence in the unpacked input
+    offset: np.ndarray   # first position within the row
+    length: np.ndarray   # tokens
+    num_rows: int
+    seq_len: int
+    max_per_pack: int
+
+    def token_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(entry, position within its sequence, position within its row) of every packed token."""
+        k, t = _ranges(self.length)
+        return k, t, self.offset[k] + t
+
+    def pack_tokens(self, columns: dict, pad_values: dict | None = None) -> dict:
+        """[N, T] per-token columns -> [rows, T], plus ``attention_mask`` (sequence numbers 1..S, 0 =
+        padding) and ``position_ids`` (0 at each sequence's start)."""
+        k, t, pos = self.token_index()
+        rows = self.row[k]
+        out = {}
+        for name, col in columns.items():
+            col = np.asarray(col)
+            out[name] = np.full((self.num_rows, self.seq_len), (pad_values or {}).get(name, 0), col.dtype)
+            out[name][rows, pos] = col[self.src[k], t]
+        out["attention_mask"] = np.zeros((self.num_rows, self.seq_len), np.int64)
+        out["attention_mask"][rows, pos] = self.slot[k] + 1
+        out["position_ids"] = np.zeros((self.num_rows, self.seq_len), np.int64)
+        out["position_ids"][rows, pos] = t
+        return out
+
+    def per_sequence(self, values, fill) -> np.ndarray:
+        """[N] per-sequence values -> [rows, max_per_pack], ``fill`` in empty slots."""
+        values = np.asarray(values)
+        out = np.full((self.num_rows, self.max_per_pack), fill, values.dtype)
+        out[self.row, self.slot] = values[self.src]
+        return out
+
+    def unpack_tokens(self, packed: np.ndarray, fill) -> np.ndarray:
+        """[rows, T, ...] per-token outputs (logits) -> [N, T, ...] as if each sequence had its own row."""
+        n = int(self.src.max()) + 1 if len(self.src) else 0
+        out = np.full((n, self.seq_len, *packed.shape[2:]), fill, packed.dtype)
+        k, t, pos = self.token_index()
+        out[self.src[k], t] = packed[self.row[k], pos]
+        return out
+
+
+def pack_layout(lengths, seq_len: int, max_per_pack: int = 3, seed: int = 0) -> tuple[PackedLayout, PackingPlan]:
+    """SPFHP's plan for ``lengths`` and the concrete :class:`PackedLayout` (seeded, see :func:`assign_rows`)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    plan = spfhp(lengths.tolist(), seq_len, max_per_pack)
+    members = assign_rows(lengths, plan, seed)
     row, slot = np.nonzero(members >= 0)
     src = members[row, slot]
-    length = seq_lens[src]
-    lengths_grid = np.zeros(members.shape, dtype=np.int64)
-    lengths_grid[row, slot] = length
-    offsets = np.cumsum(lengths_grid, axis=1) - lengths_grid  # start of each slot within its row
-    return row, slot, src, offsets[row, slot], length
+    grid = np.zeros(members.shape, dtype=np.int64)
+    grid[row, slot] = lengths[src]
+    offsets = np.cumsum(grid, axis=1) - grid  # start of each slot within its row
+    order = np.argsort(src)
+    row, slot, src = row[order], slot[order], src[order]
+    layout = PackedLayout(row, slot, src, offsets[row, slot], lengths[src], len(members), seq_len, max_per_pack)
+    return layout, plan
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(which range, index within it) for the concatenation of ``arange(c)`` over counts."""
+def sequence_lengths(attention_mask) -> np.ndarray:
+    """Real tokens per row of a right-padded [N, T] 0/1 mask (a clear error for any other layout)."""
+    mask = np.asarray(attention_mask).astype(bool)
+    lengths = mask.sum(1)
+    if (mask != (np.arange(mask.shape[1]) < lengths[:, None])).any():
+        raise ValueError("packing needs each sequence's tokens at the start of its row (right padding)")
+    return lengths
+
+
+def _ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(which range, index within it) for the concatenation of ``arange(c)`` over ``counts``."""
+    counts = np.asarray(counts, dtype=np.int64)
     which = np.repeat(np.arange(len(counts)), counts)
     within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     return which, within
@@ -181,47 +245,27 @@ def pack_pretraining_columns(columns: dict, pad_id: int, max_per_pack: int = 3, 
     """Unpacked MLM + NSP columns (``groupbert.data.pretraining.COLUMNS``, numpy) -> packed columns
     (:data:`PACKED_COLUMNS`) and the plan. Vectorised: no Python loop over rows or sequences."""
     ids = np.asarray(columns["input_ids"])
-    N, T = ids.shape
-    seq_lens = np.asarray(columns["attention_mask"]).astype(bool).sum(1)
-    if (np.asarray(columns["attention_mask"])[np.arange(N), np.maximum(seq_lens - 1, 0)] == 0).any():
-        raise ValueError("packing needs each sequence's tokens at the start of its row (right padding)")
-    labels = np.asarray(columns["masked_lm_labels"])
-    P_in = labels.shape[1]
-    P = max_predictions_per_row(T, mask_prob, max_predictions or P_in, max_per_pack)
-    plan = spfhp(seq_lens.tolist(), T, max_per_pack)
-    members = assign_rows(seq_lens, plan, seed)
-    R, S = len(members), max_per_pack
-    row, slot, src, offset, length = _segments(members, seq_lens)
-
-    out = {"input_ids": np.zeros((R, T), ids.dtype), "token_type_ids": np.zeros((R, T), ids.dtype),
-           "attention_mask": np.zeros((R, T), ids.dtype), "position_ids": np.zeros((R, T), ids.dtype),
-           "masked_lm_positions": np.zeros((R, P), ids.dtype),
-           "masked_lm_labels": np.full((R, P), IGNORE_INDEX, ids.dtype),
-           "cls_positions": np.zeros((R, S), ids.dtype),
-           "next_sentence_label": np.full((R, S), IGNORE_INDEX, ids.dtype)}
-    out["input_ids"][:] = pad_id
-    # tokens: every placed sequence's first `length` positions, at its offset in its row
-    k, t = _ranges(offset, length)
-    dest = (row[k], offset[k] + t)
-    out["input_ids"][dest] = ids[src[k], t]
-    out["token_type_ids"][dest] = np.asarray(columns["token_type_ids"])[src[k], t]
-    out["attention_mask"][dest] = slot[k] + 1
-    out["position_ids"][dest] = t
+    T = ids.shape[1]
+    layout, plan = pack_layout(sequence_lengths(columns["attention_mask"]), T, max_per_pack, seed)
+    out = layout.pack_tokens({"input_ids": ids, "token_type_ids": columns["token_type_ids"]},
+                             {"input_ids": pad_id})
     # masked LM: each sequence's scored slots (its first n_masked), shifted by its offset, one after another
-    n_masked = (labels[src] != IGNORE_INDEX).sum(1)
-    per_row = np.zeros((R, S), dtype=np.int64)
-    per_row[row, slot] = n_masked
-    if per_row.sum(1).max(initial=0) > P:  # data masked more densely than our generator does
-        P = int(per_row.sum(1).max())
-        out["masked_lm_positions"] = np.zeros((R, P), ids.dtype)
-        out["masked_lm_labels"] = np.full((R, P), IGNORE_INDEX, ids.dtype)
-    first = (np.cumsum(per_row, axis=1) - per_row)[row, slot]
-    k, j = _ranges(first, n_masked)
-    positions = np.asarray(columns["masked_lm_positions"])
-    out["masked_lm_positions"][row[k], first[k] + j] = positions[src[k], j] + offset[k]
-    out["masked_lm_labels"][row[k], first[k] + j] = labels[src[k], j]
-    out["cls_positions"][row, slot] = offset
-    out["next_sentence_label"][row, slot] = np.asarray(columns["next_sentence_label"])[src]
+    labels = np.asarray(columns["masked_lm_labels"])
+    n_masked = (labels[layout.src] != IGNORE_INDEX).sum(1)
+    per_row = np.zeros((layout.num_rows, max_per_pack), dtype=np.int64)
+    per_row[layout.row, layout.slot] = n_masked
+    # slots per row: fixed by the masking budget; more only for data masked more densely than ours
+    P = max(max_predictions_per_row(T, mask_prob, max_predictions or labels.shape[1], max_per_pack),
+            int(per_row.sum(1).max(initial=0)))
+    first = (np.cumsum(per_row, axis=1) - per_row)[layout.row, layout.slot]
+    k, j = _ranges(n_masked)
+    rows, dest = layout.row[k], first[k] + j
+    out["masked_lm_positions"] = np.zeros((layout.num_rows, P), ids.dtype)
+    out["masked_lm_positions"][rows, dest] = np.asarray(columns["masked_lm_positions"])[layout.src[k], j] + layout.offset[k]
+    out["masked_lm_labels"] = np.full((layout.num_rows, P), IGNORE_INDEX, ids.dtype)
+    out["masked_lm_labels"][rows, dest] = labels[layout.src[k], j]
+    out["cls_positions"] = layout.per_sequence(layout.offset[np.argsort(layout.src)], 0)
+    out["next_sentence_label"] = layout.per_sequence(columns["next_sentence_label"], IGNORE_INDEX)
     return out, plan
 
 

@@ -2,7 +2,12 @@
 
 HF ``BertForQuestionAnswering`` names: the encoder under ``bert.`` without a pooler
 (``add_pooling_layer=False``) and ``qa_outputs = Linear(hidden_size, 2)`` giving start and end logits;
-the loss is the mean of the start and end cross-entropies (HF, google-research/bert ``run_squad.py``).
+the loss is the mean of the start and end cross-entropies (HF, google-research/bert ``run_squad.py``),
+each a softmax over the positions of the feature's own tokens: padding is left out (HF and Google include
+the padded positions; the logits and predictions are the same either way), which is what lets a packed
+row of several features (``groupbert.data.packing``) give every feature exactly its unpacked loss. Packed
+rows carry ``position_ids``, ``attention_mask`` numbering the features 1..S, and start/end positions
+[B, S] within the row (-100 in empty slots).
 
 Initialisation (:func:`load_qa_init`): our pretraining checkpoints (run or step directory; encoder
 weights only, heads new), a Hugging Face BERT checkpoint directory (``config.json`` +
@@ -17,11 +22,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from groupbert.config import ConfigError, ModelConfig
-from groupbert.models.bert import BertModel, additive_attention_mask, from_hf_config, load_hf_state_dict, padding_mask
+from groupbert.models.bert import IGNORE_INDEX, BertModel, encoder_masks, from_hf_config, load_hf_state_dict
 from groupbert.models.groupbert import GroupBertModel
 
 logger = logging.getLogger(__name__)
@@ -53,27 +59,49 @@ class BertForQuestionAnswering(nn.Module):
         nn.init.zeros_(self.qa_outputs.bias)
 
     def encode(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
-               attention_mask: Optional[Tensor] = None) -> Tensor:
-        x = self.bert.embeddings(input_ids, token_type_ids)  # B, T, H
-        pad_mask = padding_mask(input_ids, attention_mask)
-        attn_mask = additive_attention_mask(pad_mask, x.dtype)
+               attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None) -> Tensor:
+        x = self.bert.embeddings(input_ids, token_type_ids, position_ids)  # B, T, H
+        packed = position_ids is not None
+        attn_mask, pad_mask = encoder_masks(input_ids, attention_mask, packed, x.dtype)
         if isinstance(self.bert, GroupBertModel):
-            return self.bert.encoder(x, attn_mask, pad_mask)
+            return self.bert.encoder(x, attn_mask, pad_mask, attention_mask if packed else None)
         return self.bert.encoder(x, attn_mask)
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, start_positions: Optional[Tensor] = None,
-                end_positions: Optional[Tensor] = None) -> QAOutput:
-        h = self.encode(input_ids, token_type_ids, attention_mask)
+                end_positions: Optional[Tensor] = None, position_ids: Optional[Tensor] = None) -> QAOutput:
+        """``position_ids`` given = packed rows (module docstring)."""
+        h = self.encode(input_ids, token_type_ids, attention_mask, position_ids)
         logits = self.qa_outputs(h)                       # B, T, 2
         start_logits, end_logits = logits.float().unbind(-1)  # B, T each
         loss = None
         if start_positions is not None and end_positions is not None:
-            T = start_logits.shape[1]  # HF clamps out-of-range labels to T, then ignores them
-            s, e = start_positions.clamp(0, T), end_positions.clamp(0, T)
-            loss = (F.cross_entropy(start_logits, s, ignore_index=T) +
-                    F.cross_entropy(end_logits, e, ignore_index=T)) / 2
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            loss = (span_loss(start_logits, start_positions, attention_mask) +
+                    span_loss(end_logits, end_positions, attention_mask)) / 2
         return QAOutput(loss, start_logits, end_logits)
+
+
+def span_loss(logits: Tensor, positions: Tensor, sequence_ids: Tensor) -> Tensor:
+    """Mean over features of the cross-entropy of ``positions`` under a softmax over each feature's own tokens.
+
+    ``logits`` [B, T]; ``sequence_ids`` [B, T] the features' numbers 1..S (0 = padding; a 0/1 mask is S = 1);
+    ``positions`` [B] (S = 1) or [B, S] row positions, -100 in empty slots. A position outside its feature
+    (HF's out-of-range labels) is ignored, as HF ignores labels clamped to T.
+    """
+    B, T = logits.shape
+    positions = positions.reshape(B, -1)                                   # B, S
+    S = positions.shape[1]
+    numbers = torch.arange(1, S + 1, device=logits.device)
+    member = sequence_ids[:, None, :] == numbers[None, :, None]            # B, S, T
+    # -1e9, not -inf: an empty slot's row stays finite (its label is ignored anyway)
+    per_feature = logits[:, None, :].masked_fill(~member, -1e9)             # B, S, T
+    inside = member.gather(2, positions.clamp(0, T - 1)[..., None]).squeeze(-1) & (positions >= 0) & (positions < T)
+    labels = torch.where(inside, positions, torch.full_like(positions, IGNORE_INDEX))
+    total = F.cross_entropy(per_feature.reshape(B * S, T), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total / inside.sum().clamp(min=1)
 
 
 GroupBertForQuestionAnswering = BertForQuestionAnswering  # same wrapper; the encoder follows model.type

@@ -107,3 +107,25 @@ def build_features(examples: list[dict], tokenizer, seq_len: int = 384, doc_stri
         start_positions=np.asarray(rows["start_positions"], dtype=np.int64),
         end_positions=np.asarray(rows["end_positions"], dtype=np.int64),
     )
+
+
+def pack_features(features: Features, pad_id: int, max_per_pack: int = 3, seed: int = 0, with_labels: bool = True):
+    """Several features per row (SPFHP, ``groupbert.data.packing``): returns (columns, layout, plan).
+
+    The columns are the model inputs of packed rows (``attention_mask`` numbering the features 1..S,
+    ``position_ids`` restarting at each feature's [CLS]) and, with labels, ``start_positions`` /
+    ``end_positions`` [rows, S] as row positions (-100 in empty slots). ``layout.unpack_tokens`` turns the
+    packed rows' logits back into one row per feature for post-processing.
+    """
+    from groupbert.data.packing import IGNORE_INDEX, pack_layout, sequence_lengths
+
+    layout, plan = pack_layout(sequence_lengths(features.attention_mask), features.input_ids.shape[1],
+                               max_per_pack, seed)
+    cols = layout.pack_tokens({"input_ids": features.input_ids, "token_type_ids": features.token_type_ids},
+                              {"input_ids": pad_id})
+    if with_labels:
+        offset = np.empty(len(features), dtype=np.int64)
+        offset[layout.src] = layout.offset
+        cols["start_positions"] = layout.per_sequence(features.start_positions + offset, IGNORE_INDEX)
+        cols["end_positions"] = layout.per_sequence(features.end_positions + offset, IGNORE_INDEX)
+    return cols, layout, plan

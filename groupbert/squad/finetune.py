@@ -24,12 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from groupbert.config import ConfigError, RunConfig, save_config
-from groupbert.data import bundled_vocab_file, load_wordpiece, split_sentences, vocab_fingerprint
+from groupbert.data import bundled_vocab_file, load_wordpiece, special_ids, split_sentences, vocab_fingerprint
 from groupbert.data.loader import EpochBatches
 from groupbert.models.qa import BertForQuestionAnswering, load_qa_init
 from groupbert.squad.dataset import load_squad
 from groupbert.squad.evaluate import score
-from groupbert.squad.features import Features, build_features
+from groupbert.squad.features import Features, build_features, pack_features
 from groupbert.squad.postprocess import postprocess_predictions, write_predictions
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
@@ -44,7 +44,7 @@ from optimizers import build_schedule
 
 logger = logging.getLogger(__name__)
 
-QA_KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
+QA_KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions", "position_ids")
 
 
 def training_steps(cfg: RunConfig, n_features: int) -> int:
@@ -72,25 +72,37 @@ def _check_squad_config(cfg: RunConfig) -> None:
 
 
 @torch.no_grad()
-def predict_logits(model, features: Features, batch_size: int, device, autocast) -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(model, features: Features, batch_size: int, device, autocast,
+                   packing: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end logits [features, T]. ``packing`` = (pad id, max features per row): run packed rows
+    (fewer rows to compute) and hand back each feature's logits as if it had its own row."""
     was_training = model.training
     model.eval()
     starts, ends = [], []
-    cols = features.model_inputs(with_labels=False)
-    for i in range(0, len(features), batch_size):
-        batch = {k: torch.from_numpy(v[i:i + batch_size]).to(device) for k, v in cols.items()}
+    if packing is not None:
+        cols, layout, _ = pack_features(features, packing[0], packing[1], with_labels=False)
+        cols = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in cols.items()}
+    else:
+        cols = {k: torch.from_numpy(v) for k, v in features.model_inputs(with_labels=False).items()}
+    n = len(cols["input_ids"])
+    for i in range(0, n, batch_size):
+        batch = {k: v[i:i + batch_size].to(device) for k, v in cols.items()}
         with autocast():
             out = model(**batch)
         starts.append(out.start_logits.float().cpu().numpy())
         ends.append(out.end_logits.float().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(starts), np.concatenate(ends)
+    start, end = np.concatenate(starts), np.concatenate(ends)
+    if packing is not None:  # outside a feature's tokens nothing is read (post-processing uses its offsets)
+        start, end = layout.unpack_tokens(start, -1e9), layout.unpack_tokens(end, -1e9)
+    return start, end
 
 
-def evaluate_dev(model, examples, features, cfg: RunConfig, device, autocast) -> tuple[dict, dict]:
+def evaluate_dev(model, examples, features, cfg: RunConfig, device, autocast, pad_id: int = 0) -> tuple[dict, dict]:
     """(predictions, scores) on the dev examples."""
     s = cfg.squad
-    start_logits, end_logits = predict_logits(model, features, cfg.train.micro_batch_size, device, autocast)
+    packing = (pad_id, cfg.data.max_sequences_per_pack) if cfg.data.packing else None
+    start_logits, end_logits = predict_logits(model, features, cfg.train.micro_batch_size, device, autocast, packing)
     predictions = postprocess_predictions(examples, features, start_logits, end_logits, s.n_best,
                                           s.max_answer_length)
     references = {ex["id"]: ex["answers"]["text"] for ex in examples}
@@ -119,8 +131,15 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     train_features = build_features(train_examples, tokenizer, training=True, **feat_args)
     dev_features = build_features(dev_examples, tokenizer, training=False, **feat_args)
     import datasets  # the Arrow table gives EpochBatches its resumable, seeded order
-    train_set = datasets.Dataset.from_dict({k: v for k, v in train_features.model_inputs(True).items()})
-    total_steps = training_steps(cfg, len(train_features))
+    pad_id = special_ids(tokenizer).pad
+    if d.packing:  # several features per row: epochs count features, steps count rows
+        train_cols, _, plan = pack_features(train_features, pad_id, d.max_sequences_per_pack, seed=cfg.train.seed)
+        logger.info("packed %d training features into %d rows (%.2f per row; real tokens %.1f%%)",
+                    plan.num_sequences, plan.num_rows, plan.packing_factor, 100 * plan.efficiency)
+    else:
+        train_cols = train_features.model_inputs(True)
+    train_set = datasets.Dataset.from_dict(train_cols)
+    total_steps = training_steps(cfg, len(train_set))
     w = cfg.schedule.warmup
     warmup_steps = int(round(w * total_steps)) if w < 1 else min(int(w), total_steps)
     logger.info("SQuAD: %d train questions -> %d features, %d dev questions -> %d features; %d steps "
@@ -170,7 +189,8 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                      "world_size": dist_env.world_size,
                      "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
                      "init_checkpoint": init_from, "total_steps": total_steps, "warmup_steps": warmup_steps,
-                     "train_features": len(train_features), "dev_features": len(dev_features),
+                     "train_features": len(train_features), "train_rows": len(train_set),
+                     "dev_features": len(dev_features),
                      "train_data": train_report.as_dict(), "dev_data": dev_report.as_dict()})
 
     def save(at_step: int) -> None:
@@ -195,20 +215,22 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         while step < total_steps:
             t0 = time.perf_counter()
             if ipu_stepper is not None:  # device_iterations steps on the IPU (or the emulator)
-                loss, n, lr = ipu_stepper.run(batches)
+                loss, n, lr, step_features = ipu_stepper.run(batches)
                 loss_sum, n_micro, grad_norm = loss_sum + loss, n_micro + n, None
                 advanced = ipu_stepper.steps_per_call
             else:
                 optimizer.zero_grad(set_to_none=True)
-                step_loss = torch.zeros(1, device=device)
+                step_sums = torch.zeros(2, device=device)  # loss, features (several per packed row)
                 for i in range(ga):
                     batch = {k: v.to(device) for k, v in next(batches).items() if k in QA_KEYS}
                     with no_sync(train_model, sync=i == ga - 1):  # DDP all-reduces after the last micro-batch
                         with autocast():
                             out = train_model(**batch)
                         scaler.backward(out.loss / ga)
-                    step_loss += out.loss.detach().float()
-                loss_sum += float(dist_env.all_reduce_sum(step_loss))  # all ranks' micro-batches
+                    step_sums += torch.stack([out.loss.detach().float(),
+                                              (batch["start_positions"] >= 0).sum().float()])
+                step_loss, step_features = dist_env.all_reduce_sum(step_sums).tolist()  # all ranks' micro-batches
+                loss_sum += step_loss
                 n_micro += ga * dist_env.world_size
                 lr = optimizer.param_groups[0]["lr"]
                 grad_norm, _ = scaler.step(optimizer, model.parameters(), max_norm)  # unscale, clip, step/skip
@@ -216,7 +238,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                 advanced = 1
             step += advanced
             t_window += time.perf_counter() - t0
-            samples += advanced * cfg.global_batch_size
+            samples += step_features
             last_loss = loss_sum / max(n_micro, 1)
             if not math.isfinite(last_loss):
                 raise FloatingPointError(f"loss became {last_loss} at step {step}; lower optimizer.lr")
@@ -240,7 +262,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         t = time.perf_counter()
         if ipu_stepper is not None:  # evaluation runs the host model
             ipu_stepper.sync_to_host()
-        predictions, scores = evaluate_dev(model, dev_examples, dev_features, cfg, device, autocast)
+        predictions, scores = evaluate_dev(model, dev_examples, dev_features, cfg, device, autocast, pad_id)
         eval_seconds = time.perf_counter() - t
         references = {ex["id"]: ex["answers"]["text"] for ex in dev_examples}
         baseline = score(references, first_sentence_baseline(dev_examples))

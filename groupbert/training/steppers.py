@@ -116,15 +116,15 @@ class QAOnDevice(nn.Module):
         super().__init__()
         self.model, self._poptorch = model, poptorch
 
-    def forward(self, input_ids, token_type_ids, attention_mask, start_positions, end_positions):
-        out = self.model(input_ids, token_type_ids, attention_mask, start_positions, end_positions)
+    def forward(self, input_ids, token_type_ids, attention_mask, start_positions, end_positions, position_ids=None):
+        out = self.model(input_ids, token_type_ids, attention_mask, start_positions, end_positions, position_ids)
         return self._poptorch.identity_loss(out.loss, reduction="none")
 
 
 class QAIPUStepper:
     """``device_iterations`` SQuAD fine-tuning steps per host call through ``poptorch.trainingModel``."""
 
-    KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
+    KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions", "position_ids")
 
     def __init__(self, model, cfg, poptorch, optimizer, schedule, options, dist_env=None):
         self.cfg, self.optimizer, self.schedule = cfg, optimizer, schedule
@@ -132,11 +132,12 @@ class QAIPUStepper:
         self.steps_per_call = cfg.ipu.device_iterations
         self.executor = poptorch.trainingModel(QAOnDevice(model, poptorch), options=options, optimizer=optimizer)
 
-    def run(self, batches) -> tuple[float, int, float]:
-        """Returns (sum of micro-batch losses, number of micro-batches, lr used)."""
+    def run(self, batches) -> tuple[float, int, float, float]:
+        """Returns (sum of micro-batch losses, number of micro-batches, lr used, features trained on)."""
         n_micro = self.steps_per_call * check_world_size(self.cfg, self.dist.world_size)
         micro = [next(batches) for _ in range(n_micro)]
-        combined = {k: torch.cat([b[k] for b in micro]) for k in self.KEYS}
+        combined = {k: torch.cat([b[k] for b in micro]) for k in self.KEYS if k in micro[0]}
+        features = float((combined["start_positions"] >= 0).sum()) * self.dist.world_size
         lr = self.optimizer.param_groups[0]["lr"]
         # OutputMode.Sum: summed over the host call; under PopRun also over the instances
         loss = float(self.dist.all_reduce_sum(self.executor(**combined).sum().double().reshape(1)))
@@ -146,7 +147,7 @@ class QAIPUStepper:
             for _ in range(self.steps_per_call):
                 self.schedule.step()
         self.executor.setOptimizer(self.optimizer)
-        return loss, n_micro, lr
+        return loss, n_micro, lr, features
 
     def sync_to_host(self) -> None:
         if self.executor.isCompiled():

@@ -32,9 +32,15 @@ def test_shapes_and_loss(mtype):
     assert out.loss is None and out.start_logits.shape == out.end_logits.shape == (3, 11)
     s, e = torch.tensor([0, 6, 7]), torch.tensor([0, 7, 9])
     out = model(ids, tt, mask, s, e)
-    ref = (torch.nn.functional.cross_entropy(out.start_logits, s) +
-           torch.nn.functional.cross_entropy(out.end_logits, e)) / 2
+    # the softmax runs over each feature's real tokens only (row 0 has 8 of 11; padding left out)
+    def ce(logits, targets):
+        return torch.stack([torch.nn.functional.cross_entropy(logits[i, :int(mask[i].sum())][None], targets[i:i + 1])
+                            for i in range(len(targets))]).mean()
+    ref = (ce(out.start_logits, s) + ce(out.end_logits, e)) / 2
     assert torch.allclose(out.loss, ref)
+    hf_style = (torch.nn.functional.cross_entropy(out.start_logits, s) +
+                torch.nn.functional.cross_entropy(out.end_logits, e)) / 2
+    assert not torch.allclose(out.loss, hf_style)  # the padded positions did not enter
     assert not any(k.startswith("bert.pooler") for k in model.state_dict())
 
 
