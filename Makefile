@@ -48,6 +48,9 @@ bench: setup
 	$(PY) benchmarks/bench_fused_optim.py
 	$(PY) benchmarks/bench_custom_ops_step.py
 	$(PY) benchmarks/bench_gpt2_step.py
+	$(PY) benchmarks/bench_packing.py
+	$(PY) benchmarks/bench_packing_speed.py
+	$(PY) benchmarks/bench_precision.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

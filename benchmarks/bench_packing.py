@@ -1,9 +1,10 @@
 """Packing efficiency of SPFHP (``groupbert/data/packing.py``) on this project's own data.
 
 Real tokens / row tokens, padded (one sequence per row) vs packed, for the MLM+NSP sequences of the bundled
-Wikipedia sample as ``configs/groupbert/tiny_phase1.yaml`` builds them (seq 128) and for the SQuAD
-features of the shipped SQuAD-format training set at seq 384 (``configs/squad/groupbert_base.yaml``'s
-length). Throughput with packing is not measured: training on packed rows is not implemented yet.
+Wikipedia sample as ``configs/groupbert/tiny_phase1.yaml`` and ``tiny_phase2.yaml`` build them (seq 128
+and 384) and for the SQuAD features of the shipped SQuAD-format training set at seq 384
+(``configs/squad/groupbert_base.yaml``'s length). The training throughput that packing buys is
+``benchmarks/bench_packing_speed.py``'s.
 
     .venv/bin/python benchmarks/bench_packing.py
 
@@ -28,7 +29,7 @@ from groupbert.data.packing import padded_efficiency, spfhp  # noqa: E402
 
 def pretraining_lengths(config: str) -> list[int]:
     from groupbert.training.pretrain import prepare_data
-    cfg = load_config(ROOT / config, [f"data.cache_dir={ROOT / '.cache' / 'datasets'}"])
+    cfg = load_config(ROOT / config, [f"data.cache_dir={ROOT / '.cache' / 'datasets'}", "data.packing=false"])
     train, _, _, _ = prepare_data(cfg, show_progress=False)
     return [int(sum(m)) for m in train["attention_mask"]]
 
@@ -52,6 +53,7 @@ def main():
     rows = []
     for name, seq_len, lengths in (
             ("wikipedia MLM+NSP (tiny_phase1.yaml)", 128, pretraining_lengths("configs/groupbert/tiny_phase1.yaml")),
+            ("wikipedia MLM+NSP (tiny_phase2.yaml)", 384, pretraining_lengths("configs/groupbert/tiny_phase2.yaml")),
             ("SQuAD features (shipped train set)", 384, squad_lengths(384))):
         t = time.perf_counter()
         plan = spfhp(lengths, seq_len, args.max_per_pack)
