@@ -143,8 +143,9 @@ def finetune(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
     w = cfg.schedule.warmup
     warmup_steps = int(round(w * total_steps)) if w < 1 else min(int(w), total_steps)
     logger.info("SQuAD: %d train questions -> %d features, %d dev questions -> %d features; %d steps "
-                "(%d warmup) of %d sequences x %d tokens", len(train_examples), len(train_features),
-                len(dev_examples), len(dev_features), total_steps, warmup_steps, cfg.global_batch_size, d.seq_len)
+                "(%d warmup) of %d %s x %d tokens", len(train_examples), len(train_features),
+                len(dev_examples), len(dev_features), total_steps, warmup_steps, cfg.global_batch_size,
+                "packed rows" if d.packing else "features", d.seq_len)
 
     # ---- model, optimizer ----
     model = BertForQuestionAnswering(cfg.model)

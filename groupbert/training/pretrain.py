@@ -79,7 +79,7 @@ def prepare_data(cfg: RunConfig, show_progress: bool = True):
                           f"table has {cfg.model.vocab_size}", key="model.vocab_size")
     docs = load_corpus(d.corpus, text_field=d.text_field, max_documents=d.max_documents)
     train_docs, val_docs = split_documents(docs, d.validation_fraction, seed=cfg.train.seed)
-    train = build(train_docs, cfg.train.seed, d.dupe_factor, **({"pack": True} if d.packing else {}))
+    train = build(train_docs, cfg.train.seed, d.dupe_factor, pack=d.packing)
     val = build(val_docs, cfg.train.seed + 1, 1) if val_docs else None
     logger.info("data: %d documents (%d train / %d validation) → %d train %s and %d validation sequences of %d",
                 len(docs), len(train_docs), len(val_docs), len(train), "packed rows" if d.packing else "sequences",
@@ -194,8 +194,9 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
                      "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
                      "train_rows": len(train_set), "train_sequences": _num_sequences(train_set),
                      "validation_sequences": len(val_set) if val_set is not None else 0})
-    logger.info("model %s: %.2fM parameters on %s; %d steps of %d sequences × %d tokens",
+    logger.info("model %s: %.2fM parameters on %s; %d steps of %d %s × %d tokens",
                 cfg.model.type, n_params / 1e6, device, cfg.train.max_steps, cfg.global_batch_size,
+                "packed rows" if cfg.data.packing else "sequences",
                 cfg.data.seq_len)
 
     def save(at_step: int) -> None:
