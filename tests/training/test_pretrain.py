@@ -131,18 +131,24 @@ def test_other_optimizers_train_and_log_update_metrics(tmp_path, name):
     assert read_checkpoint(run).state["optimizer"]["class"].rsplit(".", 1)[1] in ("LAMB", "LionAR")
 
 
+def _resume_from_step(tmp_path, full, step: int, extra):
+    """A run cut after checkpoint ``step`` of ``full`` (as if killed there), resumed to the end."""
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / f"step-{step}", cut / "checkpoints" / f"step-{step}")
+    (cut / "checkpoints" / "latest").write_text(f"step-{step}\n")
+    shutil.copy(full / "config.yaml", cut / "config.yaml")
+    pretrain(_cfg(tmp_path, *extra), cut, resume=True)
+    return cut
+
+
 @pytest.mark.parametrize("name", ["lamb", "lion_ar"])
 def test_resume_is_exact_for_stateful_optimizers(tmp_path, name):
     extra = [f"optimizer.name={name}", "optimizer.lr=1e-3", "train.max_steps=6", "train.checkpoint_every=3",
              "schedule.warmup=0"]
     full = tmp_path / "full"
     pretrain(_cfg(tmp_path, *extra), full)
-    cut = tmp_path / "cut"
-    (cut / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step-3", cut / "checkpoints" / "step-3")
-    (cut / "checkpoints" / "latest").write_text("step-3\n")
-    shutil.copy(full / "config.yaml", cut / "config.yaml")
-    pretrain(_cfg(tmp_path, *extra), cut, resume=True)
+    cut = _resume_from_step(tmp_path, full, 3, extra)
     a = {r["step"]: r["loss"] for r in _records(full, "train")}
     b = {r["step"]: r["loss"] for r in _records(cut, "train")}
     for step in (4, 5, 6):
@@ -161,12 +167,7 @@ def test_packed_run_resumes_exactly_and_counts_sequences(tmp_path):
     train = _records(full, "train")
     per_row = [r["samples_per_s"] / (r["tokens_per_s"] / 128) for r in train]  # sequences per row in each step
     assert all(x >= 1 - 1e-9 for x in per_row) and max(per_row) > 1
-    cut = tmp_path / "cut"
-    (cut / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step-3", cut / "checkpoints" / "step-3")
-    (cut / "checkpoints" / "latest").write_text("step-3\n")
-    shutil.copy(full / "config.yaml", cut / "config.yaml")
-    pretrain(_cfg(tmp_path, *extra), cut, resume=True)
+    cut = _resume_from_step(tmp_path, full, 3, extra)
     a = {r["step"]: r["loss"] for r in train}
     b = {r["step"]: r["loss"] for r in _records(cut, "train")}
     for step in (4, 5, 6):
