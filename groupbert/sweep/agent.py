@@ -18,7 +18,7 @@ import time
 import warnings
 
 from groupbert.sweep.spec import OUR_PROGRAMS, REPO, Sweep, engine_config
-from groupbert.sweep.store import ENGINE_STATE, RunStore, read_history
+from groupbert.sweep.store import ENGINE_STATE, RunStore, last_step, read_history
 
 logger = logging.getLogger("groupbert.sweep")
 DIVERGED_MARK = "loss became"  # what run_pretraining.py / run_squad.py print on a non-finite loss
@@ -133,6 +133,7 @@ def execute(sweep: Sweep, store: RunStore, record: dict, python: str = sys.execu
                         proc.kill()
                         proc.wait()
     record["history"] = read_history(run_dir, sweep.metric)
+    record["last_step"] = last_step(run_dir)
     record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
     record["exit_code"] = proc.returncode
     tail = log_path.read_text().splitlines()[-15:]

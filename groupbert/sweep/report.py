@@ -1,6 +1,8 @@
 """The sweep's report, written next to it: ``results.md`` / ``results.csv`` (one row per run, best
-first) and ``plots/``: the metric against each parameter (diverged runs as red crosses at the top
-edge, stopped runs hollow), and the best run's metric over its steps."""
+first, with the step each run reached; with hyperband, how many runs it stopped and the steps that
+saved) and ``plots/``: the metric against each parameter (diverged runs as red crosses at the top
+edge, stopped runs hollow), the best run's metric over its steps, and every run's metric over its
+steps (``all_runs.png``, where hyperband's stops show as curves that end early)."""
 from __future__ import annotations
 
 import csv
@@ -32,6 +34,34 @@ def trained_away(sweep: Sweep, record: dict) -> bool:
     return not sweep.maximize and len(vals) > 1 and vals[-1] > vals[0]
 
 
+def steps_reached(record: dict, metric: str | None = None) -> int | None:
+    """The last step the run logged (``last_step``; records written before it existed: its last metric value)."""
+    if record.get("last_step") is not None:
+        return record["last_step"]
+    steps = [h.get("step") for h in record.get("history", []) if isinstance(h.get("step"), int)]
+    return max(steps) if steps else None
+
+
+def early_stopping_savings(records: list[dict]) -> dict | None:
+    """What hyperband saved, in optimizer steps: the runs it stopped, the steps they ran, and the steps they
+    would have run to the end (a full run's length is the longest finished run's last step). None when no
+    run was stopped or none finished."""
+    stopped = [r for r in records if r["state"] == "stopped"]
+    full = max((steps_reached(r) or 0 for r in records if r["state"] == "finished"), default=0)
+    if not stopped or not full:
+        return None
+    ran = {r["name"]: min(steps_reached(r) or 0, full) for r in stopped}
+    saved = sum(full - s for s in ran.values())
+    total = sum(steps_reached(r) or 0 for r in records)
+    finished_s = [r.get("seconds", 0.0) for r in records if r["state"] == "finished"]
+    mean_full_s = sum(finished_s) / len(finished_s)
+    return dict(stopped=len(stopped), runs=len(records), full_steps=full, stopped_at=ran, saved_steps=saved,
+                steps_run=total, steps_without_stopping=total + saved,
+                saved_fraction=saved / (total + saved),
+                stopped_seconds=sum(r.get("seconds", 0.0) for r in stopped),
+                mean_finished_seconds=mean_full_s)
+
+
 def runs_to_best(sweep: Sweep, records: list[dict]) -> int | None:
     """How many runs (in start order) the sweep needed before its best value appeared."""
     best, at = None, None
@@ -52,14 +82,22 @@ def write_report(sweep: Sweep, store: RunStore) -> str:
                                                    for s in ("finished", "stopped", "diverged", "failed", "running",
                                                              "preempted") if any(r['state'] == s for r in records)),
              f"; best after {runs_to_best(sweep, records)} runs.", "",
-             "| run | " + " | ".join(params) + f" | {sweep.metric} | state | values logged | seconds |",
-             "|---|" + "---|" * (len(params) + 4)]
+             "| run | " + " | ".join(params) + f" | {sweep.metric} | state | steps | values logged | seconds |",
+             "|---|" + "---|" * (len(params) + 5)]
     lines[2] += lines.pop(3)
     for r in rows:
         v = final_value(r, sweep.metric)
         lines.append(f"| {r['name']} | " + " | ".join(_cell(r["params"].get(p)) for p in params)
-                     + f" | {'' if v is None else f'{v:.4g}'} | {r['state']} | {len(r.get('history', []))} | "
-                       f"{r.get('seconds', 0):.0f} |")
+                     + f" | {'' if v is None else f'{v:.4g}'} | {r['state']} | {_cell(steps_reached(r))} | "
+                       f"{len(r.get('history', []))} | {r.get('seconds', 0):.0f} |")
+    saving = early_stopping_savings(records)
+    if saving:
+        at = ", ".join(f"{n} at step {s}" for n, s in saving["stopped_at"].items())
+        lines += ["", f"Hyperband stopped {saving['stopped']} of {saving['runs']} runs early ({at}); a full run is "
+                  f"{saving['full_steps']} steps. The sweep ran {saving['steps_run']} optimizer steps instead of "
+                  f"{saving['steps_without_stopping']} ({saving['saved_fraction']:.0%} fewer); the stopped runs "
+                  f"took {saving['stopped_seconds']:.0f} s in all, against {saving['mean_finished_seconds']:.0f} s "
+                  f"for one finished run on average."]
     away = [r["name"] for r in records if trained_away(sweep, r)]
     if away:
         lines += ["", f"Diverged without a non-finite loss (final {sweep.metric} above its first value): "
@@ -74,16 +112,17 @@ def write_report(sweep: Sweep, store: RunStore) -> str:
     (store.root / "results.md").write_text(text)
     with open(store.root / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["run", *params, sweep.metric, "state", "values_logged", "seconds", "exit_code"])
+        w.writerow(["run", *params, sweep.metric, "state", "steps", "values_logged", "seconds", "exit_code"])
         for r in rows:
             w.writerow([r["name"], *(r["params"].get(p) for p in params), final_value(r, sweep.metric), r["state"],
-                        len(r.get("history", [])), round(r.get("seconds", 0), 1), r.get("exit_code")])
+                        steps_reached(r), len(r.get("history", [])), round(r.get("seconds", 0), 1),
+                        r.get("exit_code")])
     _plots(sweep, store, records, params)
     return text
 
 
 def _cell(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return f"{v:.3g}" if isinstance(v, float) else "" if v is None else str(v)
 
 
 def _plots(sweep: Sweep, store: RunStore, records: list[dict], params: list[str]) -> None:
@@ -135,6 +174,34 @@ def _plots(sweep: Sweep, store: RunStore, records: list[dict], params: list[str]
         fig.tight_layout()
         fig.savefig(out / "best_run.png", dpi=110)
         plt.close(fig)
+    curves = [r for r in records if any(_finite(h.get(sweep.metric)) for h in r.get("history", []))]
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        label = ", ".join(params[:1])
+        for r in curves:
+            pts = [(h["step"], h[sweep.metric]) for h in r["history"] if _finite(h.get(sweep.metric))]
+            style = {"stopped": dict(ls="--", marker="x"), "finished": dict(ls="-", marker=".")}.get(
+                r["state"], dict(ls=":", marker="+", color="red"))
+            name = f"{r['name']} " + ", ".join(f"{_cell(r['params'].get(p))}" for p in params[:2])
+            ax.plot(*zip(*pts), label=f"{name} ({r['state']})", **style)
+        ax.set_xlabel("step")
+        ax.set_ylabel(sweep.metric)
+        ax.set_title(f"every run ({label}); dashed: stopped early", fontsize=8)
+        if not sweep.maximize and finite:
+            lo = min(v for r in curves for h in r["history"] if _finite(v := h.get(sweep.metric)))
+            first = [r["history"][0][sweep.metric] for r in curves if _finite(r["history"][0].get(sweep.metric))]
+            if first:  # keep the untrained value in view, clip far-off spikes of diverging runs
+                hi = max(first)
+                ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.25 * (hi - lo))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / "all_runs.png", dpi=110)
+        plt.close(fig)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _log_spaced(xs) -> bool:

@@ -80,6 +80,23 @@ def _alive(pid) -> bool:
         return True
 
 
+def last_step(run_dir: Path) -> int | None:
+    """The highest ``step`` of any record in the run's ``metrics.jsonl``: how far a run got (train records come
+    every ``logging.log_every`` steps, so a run stopped between two records counts up to the earlier one)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(step, int):
+            steps.append(step)
+    return max(steps) if steps else None
+
+
 def read_history(run_dir: Path, metric: str) -> list[dict]:
     """The records of ``metrics.jsonl`` that carry ``metric``, in order (a line cut by a crash is skipped)."""
     path = Path(run_dir) / "metrics.jsonl"

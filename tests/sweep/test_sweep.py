@@ -64,7 +64,7 @@ def test_unknown_config_key_of_our_program_fails_before_any_run(tmp_path):
         load_sweep(path)
 
 
-@pytest.mark.parametrize("name", ["pretrain_lr_grid", "squad_tiny_random", "squad_tiny_bayes"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs/sweeps").glob("*.yaml")))
 def test_shipped_sweeps_validate(name):
     sweep = load_sweep(ROOT / "configs/sweeps" / f"{name}.yaml")
     argv = sweep.command({"optimizer.lr": 1e-4}, "python")
@@ -107,6 +107,13 @@ def test_hyperband_stops_a_bad_run_early(tmp_path):
     recs = {r["params"]["x"]: r for r in _records(tmp_path / "s")}
     assert recs[5.0]["state"] == "stopped" and len(recs[5.0]["history"]) < 8
     assert recs[1.0]["state"] == "finished" and len(recs[1.0]["history"]) == 8
+    # the report counts what stopping saved: a full run is 8 steps, the stopped one ran fewer
+    stopped = [r for r in recs.values() if r["state"] == "stopped"]
+    ran = sum(r["last_step"] for r in recs.values())
+    saved = sum(8 - r["last_step"] for r in stopped)
+    report = (tmp_path / "s" / "results.md").read_text()
+    assert f"Hyperband stopped {len(stopped)} of 4 runs early" in report
+    assert f"a full run is 8 steps. The sweep ran {ran} optimizer steps instead of {ran + saved}" in report
 
 
 def test_resume_after_the_agents_are_killed(tmp_path):
