@@ -160,7 +160,7 @@ def max_predictions_per_row(seq_len: int, mask_prob: float, max_predictions: int
 
 @dataclass(frozen=True)
 class PackedLayout:
-    """Where every sequence went: one entry per sequence, in the order of ``src`` (its input index)."""
+    """Where every sequence went: entry i is input sequence i (``src`` is ``arange(N)``, kept for indexing)."""
     row: np.ndarray      # packed row
     slot: np.ndarray     # 0-based place within the row (sequence number - 1)
     src: np.ndarray      # index of the sequence in the unpacked input
@@ -264,7 +264,7 @@ def pack_pretraining_columns(columns: dict, pad_id: int, max_per_pack: int = 3, 
     out["masked_lm_positions"][rows, dest] = np.asarray(columns["masked_lm_positions"])[layout.src[k], j] + layout.offset[k]
     out["masked_lm_labels"] = np.full((layout.num_rows, P), IGNORE_INDEX, ids.dtype)
     out["masked_lm_labels"][rows, dest] = labels[layout.src[k], j]
-    out["cls_positions"] = layout.per_sequence(layout.offset[np.argsort(layout.src)], 0)
+    out["cls_positions"] = layout.per_sequence(layout.offset, 0)
     out["next_sentence_label"] = layout.per_sequence(columns["next_sentence_label"], IGNORE_INDEX)
     return out, plan
 

@@ -123,9 +123,7 @@ def pack_features(features: Features, pad_id: int, max_per_pack: int = 3, seed: 
                                max_per_pack, seed)
     cols = layout.pack_tokens({"input_ids": features.input_ids, "token_type_ids": features.token_type_ids},
                               {"input_ids": pad_id})
-    if with_labels:
-        offset = np.empty(len(features), dtype=np.int64)
-        offset[layout.src] = layout.offset
-        cols["start_positions"] = layout.per_sequence(features.start_positions + offset, IGNORE_INDEX)
-        cols["end_positions"] = layout.per_sequence(features.end_positions + offset, IGNORE_INDEX)
+    if with_labels:  # layout entry i is feature i
+        cols["start_positions"] = layout.per_sequence(features.start_positions + layout.offset, IGNORE_INDEX)
+        cols["end_positions"] = layout.per_sequence(features.end_positions + layout.offset, IGNORE_INDEX)
     return cols, layout, plan
