@@ -57,7 +57,7 @@ def prepare_data(cfg: RunConfig, show_progress: bool = True):
         tokenizer = load_gpt2_bpe(d.vocab_file, d.merges_file)
         digest, vocab_name = bpe_fingerprint(d.vocab_file, d.merges_file), d.vocab_file or "gpt2 (bundled)"
 
-        def build(docs, seed, dupe_factor):
+        def build(docs, seed, dupe_factor, pack=False):  # data.packing is rejected for GPT-2 at config load
             return build_causal_lm_dataset(docs, tokenizer, seq_len=d.seq_len, cache_dir=d.cache_dir,
                                            show_progress=show_progress)
     else:
