@@ -85,6 +85,8 @@ def encoder_masks(input_ids: Tensor, attention_mask: Optional[Tensor], packed: b
     block-diagonal for packed rows (``attention_mask`` then numbers the sequences)."""
     pad_mask = padding_mask(input_ids, attention_mask)
     if packed:
+        if attention_mask is None:
+            raise ValueError("packed rows (position_ids given) need attention_mask numbering their sequences")
         return packed_attention_mask(attention_mask, dtype), pad_mask
     return additive_attention_mask(pad_mask, dtype), pad_mask
 
