@@ -187,12 +187,9 @@ def _plots(sweep: Sweep, store: RunStore, records: list[dict], params: list[str]
         ax.set_xlabel("step")
         ax.set_ylabel(sweep.metric)
         ax.set_title(f"every run ({label}); dashed: stopped early", fontsize=8)
-        if not sweep.maximize and finite:
-            lo = min(v for r in curves for h in r["history"] if _finite(v := h.get(sweep.metric)))
-            first = [r["history"][0][sweep.metric] for r in curves if _finite(r["history"][0].get(sweep.metric))]
-            if first:  # keep the untrained value in view, clip far-off spikes of diverging runs
-                hi = max(first)
-                ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.25 * (hi - lo))
+        values = [v for r in curves for h in r["history"] if _finite(v := h.get(sweep.metric))]
+        if min(values) > 0 and max(values) / min(values) > 5:  # diverging runs' spikes next to the rest
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
