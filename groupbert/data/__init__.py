@@ -1,12 +1,15 @@
-"""Data pipeline: corpora -> WordPiece tokens -> BERT MLM/NSP pretraining instances (cached Arrow).
+"""Data pipeline: streamed corpora -> prepared shards (MLM + NSP instances, GPT-2 token streams) -> batches.
 
-Typical use::
+- ``sources``: inputs (files, globs, dumps, datasets) cut into pieces, read as a stream of documents;
+- ``corpus``: wiki markup, sentences, and small in-memory corpora (``load_corpus``);
+- ``pretraining`` / ``masking``: BERT's instances and masks, vectorised; ``causal``: GPT-2's BPE;
+- ``prepare``: the parallel, restartable preparation (``python -m groupbert.data.prepare``) into ``shards``;
+- ``prepared`` / ``packing`` / ``loader``: training reads the shards, packs rows, shuffles and deals batches.
+
+In memory, for tests and notebooks::
 
     docs = load_corpus("wikipedia")                       # or a path, or "hf:NAME[:CONFIG[:SPLIT]]"
-    train_docs, val_docs = split_documents(docs, 0.05, seed=0)
-    tok = load_wordpiece()                                # bert-base-uncased vocab.txt
-    ds = build_pretraining_dataset(train_docs, tok, seq_len=128, max_predictions=20,
-                                   cache_dir=".cache/data")
+    ds = build_pretraining_dataset(docs, load_wordpiece(), seq_len=128, max_predictions=20)
 """
 from groupbert.data.corpus import (
     Document,
@@ -21,13 +24,7 @@ from groupbert.data.corpus import (
     wikipedia_sample_path,
 )
 from groupbert.data.errors import DataError
-from groupbert.data.pretraining import (
-    COLUMNS,
-    FORMAT_VERSION,
-    IGNORE_INDEX,
-    build_pretraining_dataset,
-    pretraining_cache_key,
-)
+from groupbert.data.pretraining import COLUMNS, IGNORE_INDEX, build_pretraining_dataset
 from groupbert.data.tokenizer import (
     SPECIAL_TOKENS,
     SpecialIds,
@@ -44,7 +41,6 @@ __all__ = [
     "COLUMNS",
     "DataError",
     "Document",
-    "FORMAT_VERSION",
     "IGNORE_INDEX",
     "SPECIAL_TOKENS",
     "SpecialIds",
@@ -55,7 +51,6 @@ __all__ = [
     "load_text_files",
     "load_wikipedia_sample",
     "load_wordpiece",
-    "pretraining_cache_key",
     "special_ids",
     "split_documents",
     "split_sentences",

@@ -4,17 +4,21 @@ Google BERT's ``create_pretraining_data.py`` (github.com/google-research/bert) w
 as lists of sentences: next-sentence prediction pairs sentences of one document, and the "random next"
 segment comes from another document. Every loader here returns ``list[Document]`` in that shape.
 
-Sources (``load_corpus`` picks one from a string):
+Inputs are read by :mod:`groupbert.data.sources` (one reading path for these in-memory loaders and the
+streaming preparation); :func:`document_sentences` / :func:`document_text` turn its documents into
+sentences or text. ``load_corpus`` takes the same strings:
 
 - ``"wikipedia"``: the real English Wikipedia sample that ships inside the ``gensim`` wheel
-  (106 articles of the 2017 dump, CC BY-SA). It is read with ``bz2`` + ``xml.etree`` iterparse and the
-  wiki markup is removed by :func:`strip_wiki_markup`; gensim itself is never imported (its compiled
-  extensions need scipy, which ``pip install --no-deps gensim==4.4.0`` does not bring).
-- a path: plain ``.txt`` files (one document per blank-line-separated block) or ``.jsonl`` files
-  (one JSON object per line with a text field and an optional ``title``); a directory means all
-  ``*.txt`` / ``*.jsonl`` files in it, sorted by name.
+  (106 articles of the 2017 dump, CC BY-SA), a bz2 MediaWiki dump whose wiki markup is removed by
+  :func:`strip_wiki_markup`; gensim itself is never imported (its compiled extensions need scipy,
+  which ``pip install --no-deps gensim==4.4.0`` does not bring).
+- a path: plain text (one document per blank-line-separated block), JSON lines (one object per line with
+  a text field and an optional ``title``), a MediaWiki XML dump or WikiExtractor output, each possibly
+  ``.gz``/``.bz2``; a directory means its corpus files, recursively, sorted by path; a glob the files
+  it matches.
 - ``"hf:NAME[:CONFIG[:SPLIT]]"``: any dataset ``datasets.load_dataset`` can open (offline this means a
-  local folder or a dataset already in the cache), or a folder written by ``Dataset.save_to_disk``.
+  local folder or a dataset already in the cache), or a folder written by ``Dataset.save_to_disk``;
+  ``"hf-streaming:…"`` for an ``IterableDataset``.
 
 The markup stripper and the sentence splitter are small regex passes, not a wikitext parser
 (``mwparserfromhell`` would be exact). They aim at clean prose for language modelling: templates,
@@ -23,19 +27,20 @@ dropped; link labels, bold/italic text and list items are kept.
 """
 from __future__ import annotations
 
-import bz2
 import html
 import importlib.util
-import json
 import logging
+import os
 import random
 import re
-import xml.etree.ElementTree as ET
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 from groupbert.data.errors import DataError
+from groupbert.data.sources import HFInput, RawDocument, plan_pieces, read_piece, resolve_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ __all__ = [
     "strip_wiki_markup",
     "split_sentences",
     "text_to_sentences",
+    "document_sentences",
+    "document_text",
 ]
 
 # Inside the gensim wheel: gensim/test/test_data/<this name>.
@@ -353,8 +360,33 @@ def strip_wiki_markup(wikitext: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Loaders
+# Documents of groupbert.data.sources -> sentences / text
 # --------------------------------------------------------------------------------------------------
+
+def document_sentences(doc: RawDocument) -> list[str]:
+    """A document's sentences: wiki markup stripped and each paragraph split (wikitext), or blank-line
+    separated paragraphs split (plain text)."""
+    if not doc.wikitext:
+        return text_to_sentences(doc.text)
+    sentences: list[str] = []
+    for paragraph in strip_wiki_markup(doc.text).split("\n"):
+        sentences.extend(split_sentences(paragraph))
+    return sentences
+
+
+def document_text(doc: RawDocument) -> str:
+    """A document as one text for causal LM: markup-stripped paragraphs joined by newlines (wikitext),
+    or the plain text without surrounding whitespace."""
+    return strip_wiki_markup(doc.text) if doc.wikitext else doc.text.strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# Loaders (in memory; the streaming preparation reads the same pieces with groupbert.data.sources)
+# --------------------------------------------------------------------------------------------------
+
+# What the loaders stop at, as they always did; empty and (non-)article pages are skipped.
+_LOADER_FAILS = frozenset({"malformed", "undecodable", "too_long"})
+
 
 def wikipedia_sample_path() -> Path:
     """Path of the Wikipedia sample inside the installed gensim wheel (gensim is not imported)."""
@@ -374,24 +406,29 @@ def wikipedia_sample_path() -> Path:
     return path
 
 
-def _iter_wiki_pages(path: Path) -> Iterator[tuple[str, str]]:
-    """(title, wikitext) of every article page (namespace 0, not a redirect) of a dump."""
-    try:
-        with bz2.open(path, "rb") as stream:
-            for _, element in ET.iterparse(stream, events=("end",)):
-                if not element.tag.endswith("}page") and element.tag != "page":
-                    continue
-                ns = element.tag[: -len("page")]
-                title = element.findtext(f"{ns}title") or ""
-                namespace = element.findtext(f"{ns}ns") or "0"
-                text = element.findtext(f"{ns}revision/{ns}text") or ""
-                redirect = element.find(f"{ns}redirect") is not None
-                element.clear()
-                if namespace != "0" or redirect or text.lstrip().upper().startswith("#REDIRECT"):
-                    continue
-                yield title, text
-    except (OSError, EOFError, ET.ParseError) as exc:
-        raise DataError(f"cannot read Wikipedia dump {path}: {exc}") from exc
+def _read_documents(
+    spec: str,
+    text_field: str,
+    max_documents: Optional[int],
+    documents: list[Document],
+    cache_dir: Optional[PathLike] = None,
+) -> None:
+    """Append the documents of ``spec`` that have sentences to ``documents`` (one piece per file)."""
+    full = lambda: max_documents is not None and len(documents) >= max_documents   # noqa: E731
+    if full():
+        return
+    counts: Counter = Counter()
+    cache = str(cache_dir) if cache_dir else None
+    for piece in plan_pieces(spec, sys.maxsize, cache_dir=cache):
+        for raw in read_piece(piece, text_field=text_field, on_bad=_LOADER_FAILS, counts=counts,
+                              cache_dir=cache):
+            sentences = document_sentences(raw)
+            if sentences:
+                documents.append(Document(raw.title, sentences))
+                if full():
+                    return
+    if counts:
+        logger.info("%s: skipped %s", spec, ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
 
 
 def load_wikipedia_sample(max_documents: Optional[int] = None) -> list[Document]:
@@ -402,70 +439,9 @@ def load_wikipedia_sample(max_documents: Optional[int] = None) -> list[Document]
     """
     path = wikipedia_sample_path()
     documents: list[Document] = []
-    for title, wikitext in _iter_wiki_pages(path):
-        sentences: list[str] = []
-        for paragraph in strip_wiki_markup(wikitext).split("\n"):
-            sentences.extend(split_sentences(paragraph))
-        if sentences:
-            documents.append(Document(title, sentences))
-        if max_documents is not None and len(documents) >= max_documents:
-            break
+    _read_documents(str(path), "text", max_documents, documents)
     _log_loaded(documents, str(path))
     return documents
-
-
-def _expand_paths(paths: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files: list[Path] = []
-    for entry in paths:
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            found = sorted(
-                (p for p in path.iterdir() if p.is_file() and p.suffix in (".txt", ".jsonl")),
-                key=lambda p: p.name,
-            )
-            if not found:
-                raise DataError(f"corpus directory {path} holds no *.txt or *.jsonl files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"corpus file not found: {path}")
-    return files
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read corpus file {path}: {exc}") from exc
-
-
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[Document]:
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        text = record.get(text_field)
-        if not isinstance(text, str):
-            raise DataError(
-                f"{path}:{lineno}: no string field {text_field!r} (fields: {sorted(record)}); "
-                "set the text field name in the data config"
-            )
-        title = record.get("title")
-        yield Document(str(title) if title else f"{path.name}:{lineno}", text_to_sentences(text))
-
-
-def _iter_text_file(path: Path) -> Iterator[Document]:
-    blocks = re.split(r"\n\s*\n", _read_text(path))
-    for index, block in enumerate(blocks, start=1):
-        yield Document(f"{path.name}#{index}", split_sentences(block))
 
 
 def load_text_files(
@@ -473,40 +449,33 @@ def load_text_files(
     text_field: str = "text",
     max_documents: Optional[int] = None,
 ) -> list[Document]:
-    """Documents from plain text and JSON-lines files.
+    """Documents from corpus files (:mod:`groupbert.data.sources` reads them; format and compression
+    are detected from the content).
 
-    - ``*.jsonl``: one JSON object per line; ``record[text_field]`` is the document (blank lines in
-      it separate paragraphs), ``record["title"]`` is optional.
-    - any other file: UTF-8 text, one document per blank-line-separated block; the block's lines are
-      joined and split into sentences (so both wrapped prose and one-sentence-per-line work).
-    - a directory: all its ``*.txt`` and ``*.jsonl`` files, sorted by name (not recursive).
+    - JSON lines (``*.jsonl``, ``*.json``, or content starting with ``{``): one object per line;
+      ``record[text_field]`` is the document (blank lines in it separate paragraphs), ``record["title"]``
+      is optional.
+    - plain text: UTF-8, one document per blank-line-separated block; the block's lines are joined and
+      split into sentences (so both wrapped prose and one-sentence-per-line work).
+    - a Wikipedia XML dump or WikiExtractor output; any of these gzip- or bzip2-compressed.
+    - a directory: its corpus files, recursively, sorted by path (hidden ones and other names skipped);
+      a glob pattern: the files it matches, sorted.
 
     Raises:
-        DataError: missing/unreadable file, malformed JSONL line (file and line number), or no text.
+        DataError: a missing/unreadable file, a malformed or undecodable document (file and line
+        number), or no text at all.
     """
-    files = _expand_paths(paths)
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    specs = [os.path.abspath(os.path.expanduser(str(p))) for p in paths]   # never "wikipedia" / "hf:"
     documents: list[Document] = []
-    for path in files:
-        docs = _iter_jsonl(path, text_field) if path.suffix == ".jsonl" else _iter_text_file(path)
-        for doc in docs:
-            if doc.sentences:
-                documents.append(doc)
-            if max_documents is not None and len(documents) >= max_documents:
-                break
-        if max_documents is not None and len(documents) >= max_documents:
-            break
-    source = ", ".join(str(p) for p in files)
+    for spec in specs:
+        _read_documents(spec, text_field, max_documents, documents)
+    source = ", ".join(specs)
     if not documents:
         raise DataError(f"corpus {source} contains no text")
     _log_loaded(documents, source)
     return documents
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and (
-        (path / "dataset_dict.json").is_file()
-        or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
-    )
 
 
 def load_hf_dataset(
@@ -527,65 +496,42 @@ def load_hf_dataset(
     Raises:
         DataError: the dataset cannot be loaded or has no column ``text_field``.
     """
-    try:
-        import datasets
-    except ImportError as exc:   # pragma: no cover - datasets is a hard dependency
-        raise DataError(f"loading dataset {name!r} needs the `datasets` package") from exc
-    label = ":".join(x for x in (name, config, split) if x)
-    try:
-        if _is_saved_dataset(Path(name)):
-            loaded = datasets.load_from_disk(name)
-            if isinstance(loaded, datasets.DatasetDict):
-                loaded = loaded[split]
-        else:
-            loaded = datasets.load_dataset(
-                name, config, split=split, cache_dir=str(cache_dir) if cache_dir else None
-            )
-    except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ...)
-        raise DataError(f"cannot load dataset {label!r}: {type(exc).__name__}: {exc}") from exc
-    if text_field not in loaded.column_names:
-        raise DataError(
-            f"dataset {label!r} has no column {text_field!r} (columns: {loaded.column_names})"
-        )
-    has_title = "title" in loaded.column_names
+    hf = HFInput(name, config, split, streaming=False)
     documents: list[Document] = []
-    for index, row in enumerate(loaded):
-        text = row[text_field]
-        sentences = text_to_sentences(text) if isinstance(text, str) else []
-        if sentences:
-            title = row["title"] if has_title and row["title"] else f"{label}[{index}]"
-            documents.append(Document(str(title), sentences))
-        if max_documents is not None and len(documents) >= max_documents:
-            break
+    _read_documents(hf.spec, text_field, max_documents, documents, cache_dir)
     if not documents:
-        raise DataError(f"dataset {label!r} contains no text in column {text_field!r}")
-    _log_loaded(documents, f"dataset {label}")
+        raise DataError(f"dataset {hf.label!r} contains no text in column {text_field!r}")
+    _log_loaded(documents, f"dataset {hf.label}")
     return documents
 
 
 def load_corpus(
     source: Union[str, Path], text_field: str = "text", max_documents: Optional[int] = None
 ) -> list[Document]:
-    """Load a corpus named by one string.
+    """Load a corpus named by one string, in memory.
 
     - ``"wikipedia"``: the bundled English Wikipedia sample (:func:`load_wikipedia_sample`);
     - ``"hf:NAME[:CONFIG[:SPLIT]]"``: a ``datasets`` dataset (:func:`load_hf_dataset`),
-      e.g. ``hf:wikitext:wikitext-103-raw-v1:train``;
-    - anything else: a file or directory path (:func:`load_text_files`).
+      e.g. ``hf:wikitext:wikitext-103-raw-v1:train``; ``hf-streaming:…`` reads it as an
+      ``IterableDataset``;
+    - anything else: a file, directory or glob (:func:`load_text_files`).
     """
     if max_documents is not None and max_documents < 1:
         raise DataError(f"max_documents must be >= 1 or None, got {max_documents}")
     source = str(source)
     if source == "wikipedia":
         return load_wikipedia_sample(max_documents=max_documents)
-    if source.startswith("hf:"):
-        parts = source[3:].split(":")
-        if not parts[0] or len(parts) > 3:
-            raise DataError(f"bad dataset source {source!r}: expected hf:NAME[:CONFIG[:SPLIT]]")
-        name = parts[0]
-        config = parts[1] if len(parts) > 1 and parts[1] else None
-        split = parts[2] if len(parts) > 2 and parts[2] else "train"
-        return load_hf_dataset(name, config, split, text_field=text_field, max_documents=max_documents)
+    if source.startswith(("hf:", "hf-streaming:")):
+        hf = resolve_inputs(source)
+        if not hf.streaming:
+            return load_hf_dataset(hf.name, hf.config, hf.split, text_field=text_field,
+                                   max_documents=max_documents)
+        documents: list[Document] = []
+        _read_documents(source, text_field, max_documents, documents)
+        if not documents:
+            raise DataError(f"dataset {hf.label!r} contains no text in column {text_field!r}")
+        _log_loaded(documents, f"dataset {hf.label}")
+        return documents
     return load_text_files(source, text_field=text_field, max_documents=max_documents)
 
 

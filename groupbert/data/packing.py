@@ -78,11 +78,11 @@ def spfhp(lengths, seq_len: int, max_per_pack: int = 3) -> PackingPlan:
     """Pack sequences of the given lengths (each in ``1..seq_len``) into rows of ``seq_len`` tokens."""
     if max_per_pack < 1:
         raise ValueError(f"max_per_pack must be >= 1, got {max_per_pack}")
-    histogram = defaultdict(int)
-    for n in lengths:
-        if not 1 <= n <= seq_len:
-            raise ValueError(f"a sequence of length {n} does not fit a row of {seq_len}")
-        histogram[n] += 1
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) and (lengths.min() < 1 or lengths.max() > seq_len):
+        bad = lengths[(lengths < 1) | (lengths > seq_len)][0]
+        raise ValueError(f"a sequence of length {bad} does not fit a row of {seq_len}")
+    histogram = {n: int(c) for n, c in enumerate(np.bincount(lengths, minlength=seq_len + 1)) if c}
     # open packs by remaining space: space -> {lengths tuple: count}; only packs that can still take one
     open_packs: dict[int, dict[tuple[int, ...], int]] = defaultdict(lambda: defaultdict(int))
     spaces: list[int] = []  # sorted keys of open_packs
@@ -131,22 +131,26 @@ def assign_rows(lengths, plan: PackingPlan, seed: int = 0) -> np.ndarray:
 
     Sequences of each length are drawn in a seeded random order for the plan's strategies, and the rows
     are shuffled, so neighbouring sequences of the input (one document) rarely share a row or a batch.
+    Vectorised per strategy: no Python loop over rows.
     """
     lengths = np.asarray(lengths)
     rng = np.random.default_rng(seed)
-    pools = {}
-    for n in np.unique(lengths):
-        idx = np.flatnonzero(lengths == n)
-        pools[int(n)] = list(rng.permutation(idx))
+    by_length = np.argsort(lengths, kind="stable")
+    values, starts, counts = np.unique(lengths[by_length], return_index=True, return_counts=True)
+    pools = {int(n): by_length[a:a + c][rng.permutation(c)] for n, a, c in zip(values, starts, counts)}
+    taken = dict.fromkeys(pools, 0)
     width = max((len(s) for s in plan.strategies), default=1)
     rows = np.full((plan.num_rows, width), -1, dtype=np.int64)
     r = 0
     for strategy in sorted(plan.strategies):  # a fixed order: the result depends on the seed only
-        for _ in range(plan.strategies[strategy]):
-            for j, n in enumerate(strategy):
-                rows[r, j] = pools[n].pop()
-            r += 1
-    if any(pools.values()) or r != len(rows):
+        count = plan.strategies[strategy]
+        for j, n in enumerate(strategy):
+            if n not in pools or taken[n] + count > len(pools[n]):
+                raise ValueError("the plan does not cover the given lengths")
+            rows[r:r + count, j] = pools[n][taken[n]:taken[n] + count]
+            taken[n] += count
+        r += count
+    if any(taken[n] != len(pools[n]) for n in pools) or r != len(rows):
         raise ValueError("the plan does not cover the given lengths")
     return rows[rng.permutation(len(rows))]
 
@@ -210,8 +214,15 @@ class PackedLayout:
 def pack_layout(lengths, seq_len: int, max_per_pack: int = 3, seed: int = 0) -> tuple[PackedLayout, PackingPlan]:
     """SPFHP's plan for ``lengths`` and the concrete :class:`PackedLayout` (seeded, see :func:`assign_rows`)."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    plan = spfhp(lengths.tolist(), seq_len, max_per_pack)
-    members = assign_rows(lengths, plan, seed)
+    plan = spfhp(lengths, seq_len, max_per_pack)
+    return layout_from_members(assign_rows(lengths, plan, seed), lengths, seq_len, max_per_pack), plan
+
+
+def layout_from_members(members: np.ndarray, lengths: np.ndarray, seq_len: int, max_per_pack: int) -> PackedLayout:
+    """The :class:`PackedLayout` of rows given as sequence indices ``members`` [rows, <= max_per_pack]
+    (-1 in empty slots) into ``lengths``; sequences keep their order within a row."""
+    members = np.asarray(members)
+    lengths = np.asarray(lengths, dtype=np.int64)
     row, slot = np.nonzero(members >= 0)
     src = members[row, slot]
     grid = np.zeros(members.shape, dtype=np.int64)
@@ -219,8 +230,7 @@ def pack_layout(lengths, seq_len: int, max_per_pack: int = 3, seed: int = 0) -> 
     offsets = np.cumsum(grid, axis=1) - grid  # start of each slot within its row
     order = np.argsort(src)
     row, slot, src = row[order], slot[order], src[order]
-    layout = PackedLayout(row, slot, src, offsets[row, slot], lengths[src], len(members), seq_len, max_per_pack)
-    return layout, plan
+    return PackedLayout(row, slot, src, offsets[row, slot], lengths[src], len(members), seq_len, max_per_pack)
 
 
 def sequence_lengths(attention_mask) -> np.ndarray:
@@ -244,19 +254,25 @@ def pack_pretraining_columns(columns: dict, pad_id: int, max_per_pack: int = 3, 
                              mask_prob: float = 0.15, seed: int = 0) -> tuple[dict, PackingPlan]:
     """Unpacked MLM + NSP columns (``groupbert.data.pretraining.COLUMNS``, numpy) -> packed columns
     (:data:`PACKED_COLUMNS`) and the plan. Vectorised: no Python loop over rows or sequences."""
-    ids = np.asarray(columns["input_ids"])
-    T = ids.shape[1]
+    T = np.asarray(columns["input_ids"]).shape[1]
     layout, plan = pack_layout(sequence_lengths(columns["attention_mask"]), T, max_per_pack, seed)
+    labels = np.asarray(columns["masked_lm_labels"])
+    P = max_predictions_per_row(T, mask_prob, max_predictions or labels.shape[1], max_per_pack)
+    return pack_columns(columns, layout, pad_id, P), plan
+
+
+def pack_columns(columns: dict, layout: PackedLayout, pad_id: int, max_predictions_row: int) -> dict:
+    """Place unpacked MLM + NSP columns into the rows of ``layout``; ``max_predictions_row`` masked-LM slots
+    per row (more only for data masked more densely than ours)."""
+    ids = np.asarray(columns["input_ids"])
     out = layout.pack_tokens({"input_ids": ids, "token_type_ids": columns["token_type_ids"]},
                              {"input_ids": pad_id})
     # masked LM: each sequence's scored slots (its first n_masked), shifted by its offset, one after another
     labels = np.asarray(columns["masked_lm_labels"])
     n_masked = (labels[layout.src] != IGNORE_INDEX).sum(1)
-    per_row = np.zeros((layout.num_rows, max_per_pack), dtype=np.int64)
+    per_row = np.zeros((layout.num_rows, layout.max_per_pack), dtype=np.int64)
     per_row[layout.row, layout.slot] = n_masked
-    # slots per row: fixed by the masking budget; more only for data masked more densely than ours
-    P = max(max_predictions_per_row(T, mask_prob, max_predictions or labels.shape[1], max_per_pack),
-            int(per_row.sum(1).max(initial=0)))
+    P = max(max_predictions_row, int(per_row.sum(1).max(initial=0)))
     first = (np.cumsum(per_row, axis=1) - per_row)[layout.row, layout.slot]
     k, j = _ranges(n_masked)
     rows, dest = layout.row[k], first[k] + j
@@ -266,7 +282,7 @@ def pack_pretraining_columns(columns: dict, pad_id: int, max_per_pack: int = 3, 
     out["masked_lm_labels"][rows, dest] = labels[layout.src[k], j]
     out["cls_positions"] = layout.per_sequence(layout.offset, 0)
     out["next_sentence_label"] = layout.per_sequence(columns["next_sentence_label"], IGNORE_INDEX)
-    return out, plan
+    return out
 
 
 def pack_pretraining_dataset(dataset, pad_id: int, max_per_pack: int = 3, mask_prob: float = 0.15, seed: int = 0):

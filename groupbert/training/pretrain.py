@@ -20,16 +20,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from groupbert.config import ConfigError, ModelConfig, RunConfig, save_config
-from groupbert.data import (build_pretraining_dataset, bundled_vocab_file, load_corpus,
-                            load_wordpiece, split_documents, vocab_fingerprint)
-from groupbert.data.causal import bpe_fingerprint, build_causal_lm_dataset, load_gpt2_bpe
+from groupbert.config import ModelConfig, RunConfig, save_config
 from groupbert.data.loader import EpochBatches
-from groupbert.data.packing import pack_pretraining_dataset
-from groupbert.data.tokenizer import special_ids
 from groupbert.models import build_model
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
+from groupbert.training.data import prepare_data
 from groupbert.training.distributed import NullRunLog, cleanup, setup_distributed, wrap_model
 from groupbert.training.precision import build_loss_scaler
 from groupbert.training.run_log import RunLog
@@ -48,44 +44,6 @@ _NON_ARCH_FIELDS = {"hidden_dropout", "attention_dropout", "init_checkpoint", "m
 # --------------------------------------------------------------------------------------------------
 # Set-up
 # --------------------------------------------------------------------------------------------------
-
-def prepare_data(cfg: RunConfig, show_progress: bool = True):
-    """Corpus → document split → tokenizer → cached datasets (train, validation): MLM/NSP instances with
-    WordPiece for BERT/GroupBERT, contiguous causal-LM blocks with GPT-2's BPE for GPT-2."""
-    d = cfg.data
-    if cfg.model.type == "gpt2":
-        tokenizer = load_gpt2_bpe(d.vocab_file, d.merges_file)
-        digest, vocab_name = bpe_fingerprint(d.vocab_file, d.merges_file), d.vocab_file or "gpt2 (bundled)"
-
-        def build(docs, seed, dupe_factor, pack=False):  # data.packing is rejected for GPT-2 at config load
-            return build_causal_lm_dataset(docs, tokenizer, seq_len=d.seq_len, cache_dir=d.cache_dir,
-                                           show_progress=show_progress)
-    else:
-        vocab_file = Path(d.vocab_file) if d.vocab_file else bundled_vocab_file()
-        tokenizer = load_wordpiece(vocab_file, lowercase=d.lowercase)
-        digest, vocab_name = vocab_fingerprint(vocab_file), str(vocab_file)
-        common = dict(seq_len=d.seq_len, max_predictions=d.max_predictions, mask_prob=d.mask_prob,
-                      short_seq_prob=d.short_seq_prob, cache_dir=d.cache_dir, show_progress=show_progress)
-
-        def build(docs, seed, dupe_factor, pack=False):
-            ds = build_pretraining_dataset(docs, tokenizer, dupe_factor=dupe_factor, seed=seed, **common)
-            if pack:  # training rows only: validation stays one sequence per row, comparable across runs
-                ds = pack_pretraining_dataset(ds, special_ids(tokenizer).pad, d.max_sequences_per_pack,
-                                              mask_prob=d.mask_prob, seed=seed)
-            return ds
-    n_vocab = tokenizer.get_vocab_size()
-    if n_vocab > cfg.model.vocab_size:
-        raise ConfigError(f"the vocabulary {vocab_name} has {n_vocab} tokens but the model's embedding "
-                          f"table has {cfg.model.vocab_size}", key="model.vocab_size")
-    docs = load_corpus(d.corpus, text_field=d.text_field, max_documents=d.max_documents)
-    train_docs, val_docs = split_documents(docs, d.validation_fraction, seed=cfg.train.seed)
-    train = build(train_docs, cfg.train.seed, d.dupe_factor, pack=d.packing)
-    val = build(val_docs, cfg.train.seed + 1, 1) if val_docs else None
-    logger.info("data: %d documents (%d train / %d validation) → %d train %s and %d validation sequences of %d",
-                len(docs), len(train_docs), len(val_docs), len(train), "packed rows" if d.packing else "sequences",
-                len(val) if val is not None else 0, d.seq_len)
-    return train, val, digest, vocab_name
-
 
 def _check_model_compatible(saved: dict, current: ModelConfig, where: Path) -> None:
     current_d = asdict(current)
@@ -121,13 +79,6 @@ def _git_commit() -> str | None:
 # Evaluation
 # --------------------------------------------------------------------------------------------------
 
-def _num_sequences(dataset) -> int:
-    """Sequences in a dataset: its rows, or for packed rows the filled NSP slots."""
-    if "cls_positions" not in dataset.column_names:
-        return len(dataset)
-    return int((dataset.with_format("numpy")[:]["next_sentence_label"] != -100).sum())
-
-
 def evaluate(model, dataset, cfg: RunConfig, device, autocast) -> dict:
     model.eval()
     try:
@@ -151,7 +102,7 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
 
     show = cfg.logging.progress_bar and dist_env.is_main
     with dist_env.main_first():  # rank 0 fills the tokenised-data cache, the others read it
-        train_set, val_set, vocab_digest, vocab_file = prepare_data(cfg, show_progress=show)
+        train_set, val_set, vocab_digest, vocab_file = prepare_data(cfg, show_progress=show, verify=dist_env.is_main)
     model = build_model(cfg.model)
     task = task_for(cfg.model.type, packed=cfg.data.packing)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -192,8 +143,8 @@ def pretrain(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> di
         run_log.log({"step": 0, "kind": "run", "parameters": n_params, "device": str(device),
                      "world_size": dist_env.world_size,
                      "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
-                     "train_rows": len(train_set), "train_sequences": _num_sequences(train_set),
-                     "validation_sequences": len(val_set) if val_set is not None else 0})
+                     "train_rows": len(train_set), "train_sequences": train_set.num_sequences,
+                     "validation_sequences": val_set.num_sequences if val_set is not None else 0})
     logger.info("model %s: %.2fM parameters on %s; %d steps of %d %s × %d tokens",
                 cfg.model.type, n_params / 1e6, device, cfg.train.max_steps, cfg.global_batch_size,
                 "packed rows" if cfg.data.packing else "sequences",

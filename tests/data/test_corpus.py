@@ -186,19 +186,23 @@ def test_missing_and_empty_files(tmp_path):
         load_corpus(str(empty))
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(DataError, match="cannot read corpus file .*bin.txt"):
+    with pytest.raises(DataError, match=r"bin\.txt:1: not valid UTF-8 .*\[undecodable\]"):
         load_text_files(binary)
 
 
-def test_directory_loads_sorted_txt_and_jsonl(tmp_path):
+def test_directory_loads_sorted_corpus_files_recursively(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"text": "From jsonl."}\n', "utf-8")
     (tmp_path / "a.txt").write_text("From text.", "utf-8")
     (tmp_path / "c.csv").write_text("ignored,1", "utf-8")
+    (tmp_path / "a").mkdir()                                   # "a/x.txt" sorts between a.txt and b.jsonl
+    (tmp_path / "a" / "x.txt").write_text("From a subfolder.", "utf-8")
+    (tmp_path / ".hidden.txt").write_text("Hidden.", "utf-8")
     docs = load_corpus(str(tmp_path))
-    assert [d.sentences for d in docs] == [["From text."], ["From jsonl."]]
+    assert [d.sentences for d in docs] == [["From text."], ["From a subfolder."], ["From jsonl."]]
     assert len(load_corpus(str(tmp_path), max_documents=1)) == 1
     (tmp_path / "sub").mkdir()
-    with pytest.raises(DataError, match="no \\*.txt or \\*.jsonl"):
+    (tmp_path / "sub" / "notes.csv").write_text("x", "utf-8")
+    with pytest.raises(DataError, match="sub holds no corpus files .*skipped 1 other files"):
         load_text_files(tmp_path / "sub")
 
 

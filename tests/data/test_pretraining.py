@@ -1,5 +1,5 @@
-"""BERT MLM/NSP instance creation: structure, masking statistics, NSP balance, determinism, cache."""
-import logging
+"""BERT MLM/NSP instance creation: structure, masking statistics, NSP balance, truncation and pair
+construction against reference implementations of Google's algorithm, determinism."""
 import random
 
 import numpy as np
@@ -13,7 +13,6 @@ from groupbert.data import (
     build_pretraining_dataset,
     bundled_vocab_file,
     load_wordpiece,
-    pretraining_cache_key,
     special_ids,
 )
 from groupbert.data import pretraining
@@ -49,7 +48,7 @@ def docs(words):
 @pytest.fixture(scope="module")
 def built(docs, tok):
     ds = build_pretraining_dataset(docs, tok, seq_len=SEQ, max_predictions=P, dupe_factor=3,
-                                   seed=1, show_progress=False)
+                                   seed=1)
     return {name: np.asarray(col) for name, col in ds.with_format("numpy")[:].items()}
 
 
@@ -60,7 +59,7 @@ def _segments(row):
 
 
 def test_columns_shapes_and_torch_format(docs, tok):
-    ds = build_pretraining_dataset(docs[:5], tok, seq_len=SEQ, max_predictions=P, show_progress=False)
+    ds = build_pretraining_dataset(docs[:5], tok, seq_len=SEQ, max_predictions=P)
     assert set(ds.column_names) == set(COLUMNS)
     first = ds[0]
     assert first["input_ids"].shape == (SEQ,) and str(first["input_ids"].dtype) == "torch.int64"
@@ -160,14 +159,14 @@ def test_nsp_balance_and_lengths(built):
 def test_short_seq_prob_shortens(docs, tok):
     def mean_length(p):
         ds = build_pretraining_dataset(docs[:10], tok, seq_len=SEQ, max_predictions=P,
-                                       short_seq_prob=p, show_progress=False)
+                                       short_seq_prob=p)
         return float(np.asarray(ds.with_format("numpy")[:]["attention_mask"]).sum(1).mean())
 
     assert mean_length(1.0) < 0.75 * mean_length(0.0)
 
 
-def test_determinism_seed_and_num_proc(docs, tok):
-    kwargs = dict(seq_len=SEQ, max_predictions=P, dupe_factor=2, show_progress=False)
+def test_determinism_and_seed(docs, tok):
+    kwargs = dict(seq_len=SEQ, max_predictions=P, dupe_factor=2)
 
     def arrays(**extra):
         ds = build_pretraining_dataset(docs[:12], tok, **kwargs, **extra)
@@ -178,15 +177,11 @@ def test_determinism_seed_and_num_proc(docs, tok):
         np.testing.assert_array_equal(a[name], b[name])
     c = arrays(seed=6)
     assert not np.array_equal(a["input_ids"], c["input_ids"])
-    d = arrays(seed=5, num_proc=2)
-    for name in COLUMNS:
-        np.testing.assert_array_equal(a[name], d[name])
 
 
 def test_dupe_factor_gives_new_masks(docs, tok):
-    one = build_pretraining_dataset(docs[:8], tok, seq_len=SEQ, max_predictions=P, show_progress=False)
-    two = build_pretraining_dataset(docs[:8], tok, seq_len=SEQ, max_predictions=P, dupe_factor=2,
-                                    show_progress=False)
+    one = build_pretraining_dataset(docs[:8], tok, seq_len=SEQ, max_predictions=P)
+    two = build_pretraining_dataset(docs[:8], tok, seq_len=SEQ, max_predictions=P, dupe_factor=2)
     assert 1.6 * len(one) < len(two) < 2.4 * len(one)
 
 
@@ -196,7 +191,7 @@ def test_whole_word_masking_masks_all_pieces(tok):
     text = "Pneumonoultramicroscopic supercalifragilistic antidisestablishmentarianism words. "
     documents = [Document(f"d{i}", [text * 3, "Short plain sentence here.", text]) for i in range(6)]
     ds = build_pretraining_dataset(documents, tok, seq_len=SEQ, max_predictions=P, seed=0,
-                                   whole_word_masking=True, show_progress=False)
+                                   whole_word_masking=True)
     vocab = {i: t for t, i in tok.get_vocab().items()}
     rows = ds.with_format("numpy")[:]
     masked_continuations = 0
@@ -215,41 +210,151 @@ def test_whole_word_masking_masks_all_pieces(tok):
     assert masked_continuations > 20   # the check above was exercised
 
 
-def test_truncate_seq_pair_matches_reference_loop():
-    """Our counter version of truncate_seq_pair equals Google's pop-one-token loop."""
-    def reference(a, b, max_num_tokens, rng):
-        a, b = list(a), list(b)
-        while len(a) + len(b) > max_num_tokens:
-            trunc = a if len(a) > len(b) else b
-            if rng.random() < 0.5:
-                del trunc[0]
-            else:
-                trunc.pop()
-        return a, b
+def _reference_truncate(a, b, max_num_tokens, rng):
+    """google-research/bert truncate_seq_pair, verbatim in behaviour: one token at a time from the longer
+    side (B on a tie), front or back with probability 1/2."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > max_num_tokens:
+        trunc = a if len(a) > len(b) else b
+        if rng.random() < 0.5:
+            del trunc[0]
+        else:
+            trunc.pop()
+    return a, b
 
-    for trial in range(200):
+
+def test_truncated_lengths_match_reference_loop():
+    for trial in range(2000):
         r = random.Random(trial)
-        a = list(range(r.randint(1, 80)))
-        b = list(range(100, 100 + r.randint(1, 80)))
-        limit = r.randint(2, 100)
-        assert pretraining._truncate_seq_pair(a, b, limit, random.Random(trial)) == reference(
-            a, b, limit, random.Random(trial))
+        la, lb, limit = r.randint(1, 80), r.randint(1, 80), r.randint(2, 100)
+        a, b = _reference_truncate(range(la), range(lb), limit, random.Random(trial))
+        new_a, new_b = pretraining.truncated_lengths(np.array([la]), np.array([lb]), limit)
+        assert (int(new_a[0]), int(new_b[0])) == (len(a), len(b)), (la, lb, limit)
+
+
+def test_truncation_cuts_front_and_back_as_the_reference_does():
+    """The tokens cut at A's front follow the reference loop's distribution (Binomial(cut, 1/2))."""
+    la, lb, limit, n = 60, 10, 40, 4000
+    ref_front = [_reference_truncate(range(la), range(lb), limit, random.Random(i))[0][0] for i in range(n)]
+    tokens = np.arange(1000, dtype=np.int32)
+    a0 = np.zeros(n, np.int64)
+    out = pretraining._assemble(tokens, a0, a0 + la, a0 + 500, a0 + 500 + lb, np.zeros(n, bool), limit, -1, -2,
+                                np.random.default_rng(0))
+    rows = out.ids.reshape(n, limit + 3)
+    ours = rows[:, 1]                        # first kept token of A = tokens cut at its front
+    assert (rows[:, 0] == -1).all() and (rows[:, limit - lb + 1] == -2).all() and (rows[:, -1] == -2).all()
+    np.testing.assert_array_equal(rows[:, limit - lb + 2:-1], np.tile(np.arange(500, 500 + lb), (n, 1)))
+    assert np.all(np.diff(rows[:, 1:limit - lb + 1], axis=1) == 1)   # A stays one contiguous span
+    cut = la - (limit - lb)
+    for sample in (np.array(ref_front), ours):
+        assert abs(sample.mean() - cut / 2) < 0.15 and abs(sample.var() - cut / 4) < 0.6
+
+
+def test_pairs_use_every_sentence_once(docs, tok):
+    """Every sentence of every document lands in exactly one segment A or actual-next segment B of the
+    pass (random-next B's come from other documents and are extra)."""
+    tokenized = pretraining.tokenize_documents([d.sentences for d in docs], tok)
+    a0, a1, b0, b1, rnd = pretraining._pairs(tokenized, SEQ - 3, 0.1, random.Random(0))
+    covered = np.zeros(tokenized.num_tokens, dtype=np.int64)
+    for s, e in zip(a0, a1):
+        covered[s:e] += 1
+    for s, e, r in zip(b0, b1, rnd):
+        if not r:
+            covered[s:e] += 1
+    assert (covered == 1).all()
+    doc_of_token = np.repeat(np.arange(tokenized.num_documents),
+                             np.diff(tokenized.sentence_offsets[tokenized.document_offsets]))
+    assert (doc_of_token[a0] == doc_of_token[a1 - 1]).all()                   # A inside one document
+    assert (doc_of_token[b0] == doc_of_token[b1 - 1]).all()
+    assert (doc_of_token[b0[rnd]] != doc_of_token[a0[rnd]]).all()             # random B: another one
+    assert (doc_of_token[b0[~rnd]] == doc_of_token[a0[~rnd]]).all() and (b0[~rnd] == a1[~rnd]).all()
+
+
+def _reference_instances(documents, seq_len, short_seq_prob, rng):
+    """Lengths and labels of create_instances_from_document (google-research/bert), list by list, with
+    this project's documented change: the short target is drawn per chunk, the random document among
+    the others."""
+    max_num_tokens = seq_len - 3
+    out = []
+    for d, document in enumerate(documents):
+        target = rng.randint(2, max_num_tokens) if rng.random() < short_seq_prob else max_num_tokens
+        chunk, length, i = [], 0, 0
+        while i < len(document):
+            chunk.append(document[i])
+            length += len(document[i])
+            if i == len(document) - 1 or length >= target:
+                a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+                a = [t for s in chunk[:a_end] for t in s]
+                if len(chunk) == 1 or rng.random() < 0.5:
+                    other = rng.choice([j for j in range(len(documents)) if j != d])
+                    start = rng.randint(0, len(documents[other]) - 1)
+                    b = []
+                    for s in documents[other][start:]:
+                        b.extend(s)
+                        if len(b) >= target - len(a):
+                            break
+                    i -= len(chunk) - a_end
+                    random_next = True
+                else:
+                    b, random_next = [t for s in chunk[a_end:] for t in s], False
+                a, b = _reference_truncate(a, b, max_num_tokens, rng)
+                out.append((len(a) + len(b) + 3, random_next))
+                chunk, length = [], 0
+                target = rng.randint(2, max_num_tokens) if rng.random() < short_seq_prob else max_num_tokens
+            i += 1
+    return np.array(out)
+
+
+@pytest.mark.parametrize("short_seq_prob", [0.1, 0.5])
+def test_length_histogram_and_nsp_match_the_reference_algorithm(docs, tok, short_seq_prob):
+    tokenized = pretraining.tokenize_documents([d.sentences for d in docs], tok)
+    as_lists = [[tokenized.tokens[tokenized.sentence_offsets[s]:tokenized.sentence_offsets[s + 1]].tolist()
+                 for s in range(tokenized.document_offsets[d], tokenized.document_offsets[d + 1])]
+                for d in range(tokenized.num_documents)]
+    ref = np.concatenate([_reference_instances(as_lists, SEQ, short_seq_prob, random.Random(k)) for k in range(5)])
+    sp = special_ids(tok)
+    ours = [pretraining.build_instances(tokenized, seq_len=SEQ, short_seq_prob=short_seq_prob, dupe_factor=1,
+                                        cls=sp.cls, sep=sp.sep, seed=k) for k in range(5)]
+    lengths = np.concatenate([o.lengths for o in ours])
+    nsp = np.concatenate([o.next_sentence_label for o in ours])
+    assert abs(len(lengths) - len(ref)) < 0.04 * len(ref)
+    assert abs(lengths.mean() - ref[:, 0].mean()) < 0.03 * ref[:, 0].mean()
+    assert abs(np.mean(lengths == SEQ) - np.mean(ref[:, 0] == SEQ)) < 0.04
+    for q in (0.1, 0.25, 0.5):
+        assert abs(np.quantile(lengths, q) - np.quantile(ref[:, 0], q)) <= 4, q
+    assert abs(nsp.mean() - ref[:, 1].mean()) < 0.04
+
+
+def test_static_masks_do_not_depend_on_the_chunking(docs, tok):
+    """A mask is a function of (seed, shard, row): masking in chunks of 3 or 4096 rows gives the same."""
+    from groupbert.data.masking import MaskingSpec
+
+    tokenized = pretraining.tokenize_documents([d.sentences for d in docs[:10]], tok)
+    sp = special_ids(tok)
+    inst = pretraining.build_instances(tokenized, seq_len=SEQ, short_seq_prob=0.1, dupe_factor=1, cls=sp.cls,
+                                       sep=sp.sep, seed=0)
+    spec = MaskingSpec(0.15, P, tok.get_vocab_size(), sp)
+    one = pretraining.static_mask(inst, spec, SEQ, seed=0, chunk=3)
+    two = pretraining.static_mask(inst, spec, SEQ, seed=0, chunk=4096)
+    np.testing.assert_array_equal(one.ids, two.ids)
+    np.testing.assert_array_equal(one.masked_positions, two.masked_positions)
+    other = pretraining.static_mask(inst, spec, SEQ, seed=0, shard=1)
+    assert not np.array_equal(one.ids, other.ids)
 
 
 def test_too_small_corpus_and_bad_settings(tok):
     with pytest.raises(DataError, match="yields no pretraining instance"):
         build_pretraining_dataset([Document("only", ["One lonely sentence."])], tok,
-                                  seq_len=SEQ, max_predictions=P, show_progress=False)
+                                  seq_len=SEQ, max_predictions=P)
     with pytest.raises(DataError, match="no text"):
-        build_pretraining_dataset([Document("e", [])], tok, seq_len=SEQ, max_predictions=P,
-                                  show_progress=False)
+        build_pretraining_dataset([Document("e", [])], tok, seq_len=SEQ, max_predictions=P)
     with pytest.raises(DataError, match="seq_len"):
         build_pretraining_dataset([], tok, seq_len=4, max_predictions=2)
     with pytest.raises(DataError, match="mask_prob"):
         build_pretraining_dataset([], tok, seq_len=SEQ, max_predictions=P, mask_prob=0.0)
     # One document with two sentences works (no random next possible: every label is 0).
     ds = build_pretraining_dataset([Document("one", ["First part here.", "Second part here."])], tok,
-                                   seq_len=SEQ, max_predictions=P, show_progress=False)
+                                   seq_len=SEQ, max_predictions=P)
     assert len(ds) == 1 and int(ds[0]["next_sentence_label"]) == 0
 
 
@@ -257,62 +362,8 @@ def test_tokenizer_with_padding_enabled_gives_same_data(docs, tok):
     padded = load_wordpiece()
     padded.enable_padding(length=128)
     padded.enable_truncation(max_length=128)
-    kwargs = dict(seq_len=SEQ, max_predictions=P, show_progress=False)
+    kwargs = dict(seq_len=SEQ, max_predictions=P)
     a = build_pretraining_dataset(docs[:4], tok, **kwargs).with_format("numpy")[:]["input_ids"]
     b = build_pretraining_dataset(docs[:4], padded, **kwargs).with_format("numpy")[:]["input_ids"]
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert padded.padding is not None   # the caller's tokenizer is left as it was
-
-
-def test_cache_reuse_and_keys(docs, tok, tmp_path, caplog, monkeypatch):
-    kwargs = dict(seq_len=SEQ, max_predictions=P, seed=2, show_progress=False, cache_dir=tmp_path)
-    with caplog.at_level(logging.INFO, logger="groupbert.data.pretraining"):
-        first = build_pretraining_dataset(docs[:6], tok, **kwargs)
-    assert "cached pretraining dataset at" in caplog.text
-    entries = [p for p in tmp_path.iterdir()]
-    assert len(entries) == 1 and entries[0].name.startswith("pretraining-")
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("rebuilt instead of loading the cache")
-
-    monkeypatch.setattr(pretraining, "_run", must_not_run)
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="groupbert.data.pretraining"):
-        second = build_pretraining_dataset(docs[:6], tok, **kwargs)
-    assert f"reusing cached dataset at {entries[0]}" in caplog.text
-    np.testing.assert_array_equal(np.asarray(first.with_format("numpy")[:]["input_ids"]),
-                                  np.asarray(second.with_format("numpy")[:]["input_ids"]))
-    monkeypatch.undo()
-
-    # Every input that changes the data changes the key.
-    settings = dict(seq_len=SEQ, max_predictions=P, mask_prob=0.15, short_seq_prob=0.1,
-                    dupe_factor=1, seed=2, whole_word_masking=False)
-    base = pretraining_cache_key(docs[:6], tok, **settings)
-    assert base == pretraining_cache_key(docs[:6], tok, **settings)
-    for change in (dict(seq_len=128), dict(max_predictions=20), dict(mask_prob=0.2),
-                   dict(short_seq_prob=0.0), dict(dupe_factor=2), dict(seed=3),
-                   dict(whole_word_masking=True)):
-        assert pretraining_cache_key(docs[:6], tok, **{**settings, **change}) != base, change
-    assert pretraining_cache_key(docs[:5], tok, **settings) != base
-    edited = [Document(d.title, list(d.sentences)) for d in docs[:6]]
-    edited[0].sentences[0] += " Extra"
-    assert pretraining_cache_key(edited, tok, **settings) != base
-    assert pretraining_cache_key(docs[:6], load_wordpiece(lowercase=False), **settings) != base
-
-    build_pretraining_dataset(docs[:6], tok, **{**kwargs, "seed": 3})
-    assert len(list(tmp_path.iterdir())) == 2
-
-
-def test_crash_while_saving_leaves_no_cache(docs, tok, tmp_path, monkeypatch):
-    import datasets
-
-    def crash(self, path, *args, **kwargs):
-        (__import__("pathlib").Path(path) / "partial.arrow").parent.mkdir(parents=True, exist_ok=True)
-        (__import__("pathlib").Path(path) / "partial.arrow").write_bytes(b"half")
-        raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(datasets.Dataset, "save_to_disk", crash)
-    with pytest.raises(KeyboardInterrupt):
-        build_pretraining_dataset(docs[:3], tok, seq_len=SEQ, max_predictions=P,
-                                  show_progress=False, cache_dir=tmp_path)
-    assert list(tmp_path.iterdir()) == []
