@@ -3,11 +3,14 @@
 Corpora of 1x, 8x, 32x and 128x the bundled Wikipedia sample are written as JSONL: copy ``c`` deals all of
 the sample's sentences, shuffled with seed ``c``, into documents of the original sentence counts, so no
 two documents repeat. Each corpus is prepared by ``python -m groupbert.data.prepare`` in a subprocess, for
-MLM + NSP with ``configs/groupbert/base_phase1.yaml``'s settings (seq 128, WordPiece) and for GPT-2 blocks
-with ``configs/gpt2/124m.yaml``'s (byte-level BPE), while the resident set (RSS) and proportional set
-(PSS, shared pages counted once) of the whole process tree are sampled every 50 ms.
+MLM + NSP with ``configs/groupbert/base_phase1.yaml``'s settings (seq 128, WordPiece, dupe 5, dynamic
+masking) and for GPT-2 blocks with ``configs/gpt2/124m.yaml``'s (byte-level BPE), while the resident set
+(RSS) and proportional set (PSS, shared pages counted once) of the whole process tree are sampled every
+50 ms. ``mlm-xml`` prepares the raw dump instead (the sample's articles repeated, titles made unique, as a
+multistream ``.xml.bz2`` of 100 pages per stream like Wikipedia's): decompression, page parsing and markup
+stripping included, the path a real Wikipedia dump takes.
 
-    .venv/bin/python benchmarks/bench_data_prep.py                       # 1x 8x 32x 128x, both kinds
+    .venv/bin/python benchmarks/bench_data_prep.py                       # all kinds and scales (~15 min)
     .venv/bin/python benchmarks/bench_data_prep.py --scales 1 8 --kinds mlm
 
 Tokens/s counts the corpus's tokens (WordPiece or BPE, training + validation) over the whole command's wall
@@ -35,8 +38,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-KINDS = {"mlm": "configs/groupbert/base_phase1.yaml", "gpt2": "configs/gpt2/124m.yaml"}
-TARGETS = {"mlm": 250_000, "gpt2": 1_000_000}
+KINDS = {"mlm": "configs/groupbert/base_phase1.yaml", "gpt2": "configs/gpt2/124m.yaml",
+         "mlm-xml": "configs/groupbert/base_phase1.yaml"}
+TARGETS = {"mlm": 250_000, "gpt2": 1_000_000, "mlm-xml": 250_000}
+LABELS = {"mlm": "MLM+NSP, JSONL (WordPiece)", "gpt2": "GPT-2 blocks, JSONL (BPE)",
+          "mlm-xml": "MLM+NSP, Wikipedia XML dump (bz2)"}
 WIKIPEDIA_TOKENS = 3.0e9   # English Wikipedia in WordPiece tokens (Graphcore: ~2.5e9; the issue: ~3e9)
 
 
@@ -56,6 +62,32 @@ def write_corpus(path: Path, scale: int) -> int:
                 text = " ".join(sentences[j] for j in order[k:k + n])
                 k += n
                 f.write(json.dumps({"title": f"copy {copy} doc {i}", "text": text}) + "\n")
+    return path.stat().st_size
+
+
+def write_xml_dump(path: Path, scale: int) -> int:
+    """The bundled dump's articles ``scale`` times (titles made unique) as a multistream bz2, 100 pages
+    per stream like Wikipedia's ``*-multistream.xml.bz2``; returns the bytes written."""
+    import bz2
+    import re
+
+    from groupbert.data.corpus import wikipedia_sample_path
+
+    xml = bz2.open(wikipedia_sample_path(), "rt", encoding="utf-8").read()
+    first, last = xml.index("<page>"), xml.rindex("</page>") + len("</page>")
+    pages = re.findall(r"<page>.*?</page>", xml[first:last], flags=re.DOTALL)
+    with open(path, "wb") as f:
+        f.write(bz2.compress(xml[:first].encode()))
+        batch = []
+        for copy in range(scale):
+            for page in pages:
+                batch.append(page.replace("<title>", f"<title>Copy {copy}: ", 1))
+                if len(batch) == 100:
+                    f.write(bz2.compress("\n".join(batch).encode()))
+                    batch = []
+        if batch:
+            f.write(bz2.compress("\n".join(batch).encode()))
+        f.write(bz2.compress(xml[last:].encode()))
     return path.stat().st_size
 
 
@@ -133,7 +165,9 @@ def cpu_model() -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scales", type=int, nargs="+", default=[1, 8, 32, 128])
-    p.add_argument("--kinds", nargs="+", choices=sorted(KINDS), default=["mlm", "gpt2"])
+    p.add_argument("--kinds", nargs="+", choices=sorted(KINDS), default=["mlm", "gpt2", "mlm-xml"])
+    p.add_argument("--xml-scales", type=int, nargs="+", default=[1, 8, 32],
+                   help="scales for mlm-xml (its corpus takes a while to compress)")
     p.add_argument("--num-proc", type=int, default=None, help="workers (default: every core)")
     p.add_argument("--workdir", type=Path, default=None, help="where corpora and outputs go (default: a temp dir)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "data_prep.json")
@@ -143,10 +177,19 @@ def main(argv=None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
     results, load_before = [], os.getloadavg()
     try:
-        for scale in args.scales:
-            corpus = work / f"corpus-{scale}x.jsonl"
-            corpus_bytes = write_corpus(corpus, scale)
+        for scale in sorted(set(args.scales) | set(args.xml_scales if "mlm-xml" in args.kinds else [])):
+            corpora = {}
+            if set(args.kinds) & {"mlm", "gpt2"} and scale in args.scales:
+                corpora["jsonl"] = work / f"corpus-{scale}x.jsonl"
+                jsonl_bytes = write_corpus(corpora["jsonl"], scale)
+            if "mlm-xml" in args.kinds and scale in args.xml_scales:
+                corpora["xml"] = work / f"enwiki-{scale}x-pages-articles-multistream.xml.bz2"
+                xml_bytes = write_xml_dump(corpora["xml"], scale)
             for kind in args.kinds:
+                source = "xml" if kind == "mlm-xml" else "jsonl"
+                if source not in corpora:
+                    continue
+                corpus, corpus_bytes = corpora[source], xml_bytes if source == "xml" else jsonl_bytes
                 out = work / f"{kind}-{scale}x"
                 cmd = [sys.executable, "-m", "groupbert.data.prepare", "--config", str(ROOT / KINDS[kind]),
                        "--set", f"data.corpus={corpus}", "--set", f"data.cache_dir={work / 'cache'}",
@@ -166,11 +209,12 @@ def main(argv=None) -> dict:
                        "tokens_per_s": tokens / measured["seconds"], **measured}
                 del row["stdout"]
                 results.append(row)
-                print(f"{kind:>4} {scale:>4}x  {row['corpus_mb']:8.1f} MB  {tokens / 1e6:7.2f}M tokens  "
+                print(f"{kind:>7} {scale:>4}x  {row['corpus_mb']:8.1f} MB  {tokens / 1e6:7.2f}M tokens  "
                       f"{row['seconds']:7.1f} s  {row['tokens_per_s']:>10,.0f} tok/s  peak RSS "
                       f"{row['peak_rss_mb']:6.0f} MB (PSS {row['peak_pss_mb']:6.0f} MB)", flush=True)
                 shutil.rmtree(out)
-            corpus.unlink()
+            for corpus in corpora.values():
+                corpus.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -183,7 +227,7 @@ def main(argv=None) -> dict:
         if 8 in rows and 128 in rows:
             s["time_128x_over_16_times_8x"] = rows[128]["seconds"] / (16 * rows[8]["seconds"])
         largest = rows[max(rows)]
-        if kind == "mlm":
+        if kind.startswith("mlm"):
             rate = largest["tokens_per_s"]
             s["english_wikipedia_hours_this_machine"] = WIKIPEDIA_TOKENS / rate / 3600
             cores = len(os.sched_getaffinity(0))
@@ -210,12 +254,12 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for kind, color in (("mlm", "tab:blue"), ("gpt2", "tab:orange")):
+    for kind, color in (("mlm", "tab:blue"), ("gpt2", "tab:orange"), ("mlm-xml", "tab:green")):
         rows = sorted((r for r in results if r["kind"] == kind), key=lambda r: r["scale"])
         if not rows:
             continue
         x = [r["tokens"] / 1e6 for r in rows]
-        label = "MLM+NSP (WordPiece)" if kind == "mlm" else "GPT-2 blocks (BPE)"
+        label = LABELS[kind]
         axes[0].plot(x, [r["seconds"] for r in rows], "o-", color=color, label=label)
         axes[1].plot(x, [r["tokens_per_s"] / 1e3 for r in rows], "o-", color=color, label=label)
         axes[1].axhline(TARGETS[kind] / 1e3, color=color, ls=":", lw=1)

@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from groupbert.config import load_config  # noqa: E402
 from groupbert.data.packing import padded_efficiency, spfhp  # noqa: E402
 
@@ -31,7 +33,7 @@ def pretraining_lengths(config: str) -> list[int]:
     from groupbert.training.pretrain import prepare_data
     cfg = load_config(ROOT / config, [f"data.cache_dir={ROOT / '.cache' / 'datasets'}", "data.packing=false"])
     train, _, _, _ = prepare_data(cfg, show_progress=False)
-    return [int(sum(m)) for m in train["attention_mask"]]
+    return train.sequences(np.arange(len(train)), epoch=0)["attention_mask"].sum(1).tolist()
 
 
 def squad_lengths(seq_len: int) -> list[int]:

@@ -66,8 +66,7 @@ def squad_batches(rows: int, n: int, seed: int = 0):
 
 
 def _take(dataset, rows, n, seed):
-    cols = {k: np.asarray(v) for k, v in dataset.with_format("numpy")[:].items()}
-    return _take_arrays(cols, rows, n, seed)
+    return _take_arrays(dataset.gather(np.arange(len(dataset)), epoch=0), rows, n, seed)
 
 
 def _take_arrays(cols, rows, n, seed):

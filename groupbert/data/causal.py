@@ -19,7 +19,7 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 from groupbert.data.corpus import Document
 from groupbert.data.errors import DataError
@@ -91,22 +91,32 @@ def bpe_fingerprint(vocab_file: Optional[Union[str, Path]] = None, merges_file: 
     return hashlib.sha256((_sha256(Path(vocab_file)) + _sha256(merges)).encode()).hexdigest()
 
 
-def train_bpe(documents: Sequence[Document], vocab_size: int, out_dir: Union[str, Path],
+def train_bpe(documents: Iterable[Union[Document, str]], vocab_size: int, out_dir: Union[str, Path],
               min_frequency: int = 2) -> tuple[Path, Path]:
     """Train a byte-level BPE of ``vocab_size`` tokens (GPT-2's algorithm and pre-tokeniser, with
-    ``<|endoftext|>``) on ``documents``; write ``encoder.json`` + ``vocab.bpe`` into ``out_dir``, the
-    files ``data.vocab_file`` / ``data.merges_file`` take. For experiments where GPT-2's 50257-token
-    output layer would dominate a tiny model's compute (the warmup study's default)."""
+    ``<|endoftext|>``) on ``documents`` (:class:`Document` objects or texts, any iterable: it is streamed);
+    write ``encoder.json`` + ``vocab.bpe`` into ``out_dir``, the files ``data.vocab_file`` /
+    ``data.merges_file`` take. For experiments where GPT-2's 50257-token output layer would dominate a tiny
+    model's compute (the warmup study's default)."""
     from tokenizers import ByteLevelBPETokenizer
 
     if vocab_size < 257 + 1:
         raise DataError(f"a byte-level BPE needs more than 257 tokens (256 bytes + {END_OF_TEXT}), got {vocab_size}")
-    texts = [" ".join(d.sentences) for d in documents if d.sentences]
-    if not texts:
-        raise DataError("no text to train a BPE on")
+    seen = 0
+
+    def texts():
+        nonlocal seen
+        for d in documents:
+            text = d if isinstance(d, str) else " ".join(d.sentences)
+            if text:
+                seen += 1
+                yield text
+
     tok = ByteLevelBPETokenizer(add_prefix_space=False)
-    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
+    tok.train_from_iterator(texts(), vocab_size=vocab_size, min_frequency=min_frequency,
                             special_tokens=[END_OF_TEXT], show_progress=False)
+    if not seen:
+        raise DataError("no text to train a BPE on")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab, merges = tok.save_model(str(out))

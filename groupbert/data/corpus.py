@@ -37,7 +37,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from groupbert.data.errors import DataError
 from groupbert.data.sources import HFInput, RawDocument, plan_pieces, read_piece, resolve_inputs
@@ -406,6 +406,19 @@ def wikipedia_sample_path() -> Path:
     return path
 
 
+def iter_documents(spec: str, text_field: str = "text", on_bad="skip",
+                   cache_dir: Optional[PathLike] = None) -> Iterator[RawDocument]:
+    """Every document of ``spec``, streamed in input order with bounded memory (``sources.read_piece``
+    over one piece per file): for passes over a whole corpus in one process, such as vocabulary
+    training. Bad documents are skipped and counted in the log, or fail (``on_bad``)."""
+    counts: Counter = Counter()
+    cache = str(cache_dir) if cache_dir else None
+    for piece in plan_pieces(spec, sys.maxsize, cache_dir=cache):
+        yield from read_piece(piece, text_field=text_field, on_bad=on_bad, counts=counts, cache_dir=cache)
+    if counts:
+        logger.info("%s: skipped %s", spec, ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
+
+
 def _read_documents(
     spec: str,
     text_field: str,
@@ -414,21 +427,14 @@ def _read_documents(
     cache_dir: Optional[PathLike] = None,
 ) -> None:
     """Append the documents of ``spec`` that have sentences to ``documents`` (one piece per file)."""
-    full = lambda: max_documents is not None and len(documents) >= max_documents   # noqa: E731
-    if full():
+    if max_documents is not None and len(documents) >= max_documents:
         return
-    counts: Counter = Counter()
-    cache = str(cache_dir) if cache_dir else None
-    for piece in plan_pieces(spec, sys.maxsize, cache_dir=cache):
-        for raw in read_piece(piece, text_field=text_field, on_bad=_LOADER_FAILS, counts=counts,
-                              cache_dir=cache):
-            sentences = document_sentences(raw)
-            if sentences:
-                documents.append(Document(raw.title, sentences))
-                if full():
-                    return
-    if counts:
-        logger.info("%s: skipped %s", spec, ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
+    for raw in iter_documents(spec, text_field, on_bad=_LOADER_FAILS, cache_dir=cache_dir):
+        sentences = document_sentences(raw)
+        if sentences:
+            documents.append(Document(raw.title, sentences))
+            if max_documents is not None and len(documents) >= max_documents:
+                return
 
 
 def load_wikipedia_sample(max_documents: Optional[int] = None) -> list[Document]:

@@ -707,7 +707,7 @@ def main(argv: Optional[list] = None) -> int:
             return 0
         if args.config is None and not args.overrides:
             p.error("give --config FILE (and --set overrides)")
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, check_optimizer=False)
         settings = PrepareSettings.from_config(cfg)
         start = time.perf_counter()
         manifest = prepare(settings, args.output, num_proc=args.num_proc or cfg.data.num_proc,

@@ -15,6 +15,7 @@ exists whole or not at all; its sha256 and size are returned for the manifest.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -39,18 +40,23 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def _write_atomically(path: Path, data) -> None:
-    """Write bytes-like ``data`` to ``path`` through a temporary file and a rename."""
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """Yield a temporary path beside ``path``; on success it is synced and renamed onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, data) -> None:
+    with _atomic(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomically(path: Path, obj) -> None:
@@ -78,25 +84,22 @@ def write_instance_shard(path: Path, instances, dtype: np.dtype, meta: dict) -> 
         raise DataError(f"{path}: {instances.offsets[-1]} tokens in one shard exceed Arrow's 32-bit list "
                         "offsets; lower data.shard_size_mb")
 
-    def ragged(values, offsets, value_type):
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
-                                        pa.array(values.astype(value_type.to_pandas_dtype()), type=value_type))
+    def ragged(values, offsets, value_dtype):
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(value_dtype)))
 
-    id_type = pa.uint16() if dtype == np.uint16 else pa.uint32()
+    id_type = np.dtype(dtype)
     columns = {
         "input_ids": ragged(instances.ids, instances.offsets, id_type),
         "segment_b_start": pa.array(instances.b_start.astype(np.uint16)),
         "next_sentence_label": pa.array(instances.next_sentence_label.astype(np.int8)),
     }
     if instances.mask_offsets is not None:
-        columns["masked_lm_positions"] = ragged(instances.masked_positions, instances.mask_offsets, pa.uint16())
+        columns["masked_lm_positions"] = ragged(instances.masked_positions, instances.mask_offsets, np.uint16)
         columns["masked_lm_labels"] = ragged(instances.masked_labels, instances.mask_offsets, id_type)
     batch = pa.RecordBatch.from_pydict(columns)
     schema = batch.schema.with_metadata({ARROW_META_KEY: json.dumps(meta).encode("utf-8")})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_batch(batch.replace_schema_metadata(schema.metadata))
-    _write_atomically(Path(path), sink.getvalue())
+    with _atomic(Path(path)) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(batch.replace_schema_metadata(schema.metadata))   # streamed to disk, not buffered
 
 
 @dataclass
@@ -161,7 +164,9 @@ def open_instance_shard(path: Path) -> InstanceShard:
 def write_token_shard(path: Path, tokens: np.ndarray, dtype: np.dtype, documents: int) -> None:
     tokens = np.ascontiguousarray(tokens, dtype=np.dtype(dtype).newbyteorder("<"))
     header = TOKEN_HEADER.pack(TOKEN_MAGIC, TOKEN_FORMAT_VERSION, tokens.itemsize, len(tokens), documents)
-    _write_atomically(Path(path), header + tokens.tobytes())
+    with _atomic(Path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        tokens.tofile(f)
 
 
 def open_token_shard(path: Path) -> np.ndarray:

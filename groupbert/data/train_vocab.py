@@ -14,14 +14,15 @@ import logging
 import sys
 
 from groupbert.data.causal import load_gpt2_bpe, train_bpe
-from groupbert.data.corpus import load_corpus
+from groupbert.data.corpus import document_sentences, document_text, iter_documents
 from groupbert.data.errors import DataError
 from groupbert.data.tokenizer import load_wordpiece, train_wordpiece, vocab_size
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", required=True, help="'wikipedia', a .txt/.jsonl file or directory, or hf:NAME")
+    p.add_argument("--corpus", required=True, help="anything data.corpus takes: 'wikipedia', a file, directory or "
+                   "glob (.txt, .jsonl, .gz, .bz2, a Wikipedia dump), hf:NAME")
     p.add_argument("--text-field", default="text")
     p.add_argument("--vocab-size", type=int, default=30522)
     p.add_argument("--min-frequency", type=int, default=2)
@@ -31,14 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        docs = load_corpus(args.corpus, text_field=args.text_field)
+        documents = iter_documents(args.corpus, text_field=args.text_field)   # streamed: any corpus size
         if args.bpe:
-            encoder, _ = train_bpe(docs, args.vocab_size, args.output, min_frequency=args.min_frequency)
+            encoder, _ = train_bpe((document_text(d) for d in documents), args.vocab_size, args.output,
+                                   min_frequency=args.min_frequency)
             n = load_gpt2_bpe(encoder).get_vocab_size()
             print(f"wrote {encoder} and vocab.bpe with {n} tokens; use --set data.vocab_file={encoder} "
                   f"--set model.vocab_size={n}")
             return 0
-        out = train_wordpiece(docs, args.vocab_size, args.output, lowercase=not args.cased,
+        sentences = (s for d in documents for s in document_sentences(d))
+        out = train_wordpiece(sentences, args.vocab_size, args.output, lowercase=not args.cased,
                               min_frequency=args.min_frequency)
         n = vocab_size(load_wordpiece(out, lowercase=not args.cased))
     except DataError as e:

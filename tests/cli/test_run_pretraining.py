@@ -85,3 +85,42 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
     assert sorted(b) == list(range(1, 201))
     for step in range(1, 201):
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
+
+
+def test_bad_prepared_shards_exit_2_before_training(tmp_path, capsys):
+    """A missing, truncated or altered shard, or an unfinished preparation: exit 2 naming it, at start."""
+    import run_pretraining
+    from groupbert.cli import main
+    from groupbert.data.prepare import main as prepare_main
+
+    prepared = tmp_path / "prepared"
+    assert prepare_main([a for s in TINY for a in ("--set", s)] + ["--output", str(prepared), "--quiet"]) == 0
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    shard = prepared / manifest["shards"]["train"][0]["path"]
+    good = shard.read_bytes()
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("{}\n")   # every setting from --set
+
+    def train(name):
+        argv = [a for s in TINY + [f"data.prepared={prepared}", "train.max_steps=2"] for a in ("--set", s)]
+        code = main("pretrain", run_pretraining._pretrain,
+                    ["--config", str(recipe), *argv, "--output-dir", str(tmp_path / name), "--quiet"])
+        return code, capsys.readouterr().err
+
+    shard.write_bytes(good[:-7])
+    code, err = train("truncated")
+    assert code == 2 and shard.name in err and "truncated" in err
+    shard.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    code, err = train("altered")
+    assert code == 2 and shard.name in err and "checksum" in err
+    shard.unlink()
+    code, err = train("missing")
+    assert code == 2 and shard.name in err and "missing" in err
+    shard.write_bytes(good)
+    (prepared / "manifest.json").rename(prepared / "manifest.moved")
+    code, err = train("unfinished")
+    assert code == 2 and "unfinished preparation" in err
+    (prepared / "manifest.moved").rename(prepared / "manifest.json")
+    assert train("good")[0] == 0
+    assert not any((tmp_path / n / "checkpoints").exists() for n in ("truncated", "altered", "missing", "unfinished"))

@@ -172,3 +172,62 @@ def test_packed_run_resumes_exactly_and_counts_sequences(tmp_path):
     b = {r["step"]: r["loss"] for r in _records(cut, "train")}
     for step in (4, 5, 6):
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
+
+
+def test_dynamic_masking_packed_run_resumes_exactly(tmp_path):
+    """data.masking=dynamic: masks are drawn per (seed, epoch, instance) at load time, so a run resumed
+    across an epoch boundary redraws exactly the masks of the uninterrupted run (packed rows too)."""
+    extra = ["data.masking=dynamic", "data.packing=true", "model.type=groupbert", "model.conv_group_size=16",
+             "train.max_steps=16", "train.checkpoint_every=6", "schedule.warmup=0", "data.short_seq_prob=0.5",
+             "data.max_documents=1", "data.validation_fraction=0", "train.micro_batch_size=16"]
+    full = tmp_path / "full"
+    pretrain(_cfg(tmp_path, *extra), full)
+    train = _records(full, "train")
+    assert train[5]["epoch"] < 1.0 < train[-1]["epoch"]   # the resumed part crosses into epoch 1
+    cut = _resume_from_step(tmp_path, full, 6, extra)
+    a = {r["step"]: r["loss"] for r in train}
+    b = {r["step"]: r["loss"] for r in _records(cut, "train")}
+    for step in range(7, 17):
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
+
+
+def _prepare(tmp_path, *sets) -> "Path":
+    from groupbert.data.prepare import main as prepare_main
+
+    out = tmp_path / "prepared"
+    argv = [a for s in TINY + list(sets) for a in ("--set", s)] + ["--output", str(out), "--quiet"]
+    assert prepare_main(argv) == 0
+    return out
+
+
+def test_prepared_directory_trains_as_the_on_the_fly_path(tmp_path):
+    """One data path: `python -m groupbert.data.prepare` then data.prepared=DIR gives the losses and
+    evaluations of a run that prepares the same corpus and settings on the fly."""
+    extra = ["train.max_steps=4", "train.checkpoint_every=0"]
+    prepared = _prepare(tmp_path)
+    fly, pre = tmp_path / "fly", tmp_path / "pre"
+    pretrain(_cfg(tmp_path, *extra), fly)
+    pretrain(load_config(None, TINY + extra + [f"data.prepared={prepared}",
+                                               f"data.cache_dir={tmp_path / 'other-cache'}"]), pre)
+    for kind, key in (("train", "loss"), ("eval", "eval_loss")):
+        a = [r[key] for r in _records(fly, kind)]
+        b = [r[key] for r in _records(pre, kind)]
+        assert len(a) == len(b) > 1 and a == pytest.approx(b, rel=1e-6, abs=1e-6), kind
+    assert not (tmp_path / "other-cache").exists() or not list((tmp_path / "other-cache").glob("prepared-*"))
+
+
+def test_prepared_settings_are_adopted_and_conflicts_named(tmp_path):
+    import yaml
+
+    prepared = _prepare(tmp_path, "data.dupe_factor=2", "data.masking=dynamic", "data.seed=3")
+    run = tmp_path / "run"
+    extra = ["train.max_steps=2", "train.checkpoint_every=0", f"data.prepared={prepared}"]
+    pretrain(load_config(None, TINY + extra), run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert (saved["dupe_factor"], saved["masking"], saved["seed"]) == (2, "dynamic", 3)   # what trained
+    for conflict, key in (("data.dupe_factor=4", "data.dupe_factor"), ("data.seq_len=128", "data.seq_len"),
+                          ("data.masking=static", "data.masking")):
+        with pytest.raises(ConfigError, match=key):
+            pretrain(load_config(None, TINY + extra + [conflict]), tmp_path / key)
+    with pytest.raises(ConfigError, match="model.type"):
+        pretrain(load_config(None, TINY + extra + ["model.type=gpt2", "model.vocab_size=50257"]), tmp_path / "g")
