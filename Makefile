@@ -51,6 +51,7 @@ bench: setup
 	$(PY) benchmarks/bench_packing.py
 	$(PY) benchmarks/bench_packing_speed.py
 	$(PY) benchmarks/bench_precision.py
+	$(PY) benchmarks/bench_data_prep.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

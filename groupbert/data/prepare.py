@@ -31,12 +31,15 @@ and settings) and reuses it next time.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import queue as queue_module
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -170,6 +173,7 @@ _WORKER: Optional[_Worker] = None
 
 
 def _init_pool_worker(settings: PrepareSettings, out_dir: str, progress_queue) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the driver's to handle: it terminates the pool
     # one Rust thread per worker: the pool already uses every core
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -301,7 +305,7 @@ def _mlm_shard(worker: _Worker, documents: list, split: str, uid: int, name: str
     if not documents:
         return None, 0
     if not _is_complete(path, open_instance_shard):
-        tokenized = tokenize_documents(documents, worker.tokenizer)
+        tokenized = tokenize_documents(documents, worker.tokenizer, dtype=worker.dtype)
         seed = s.seed if split == "train" else s.seed + 1
         instances = build_instances(tokenized, seq_len=s.seq_len, short_seq_prob=s.short_seq_prob,
                                     dupe_factor=s.dupe_factor if split == "train" else 1,
@@ -384,16 +388,40 @@ def prepare(settings: PrepareSettings, output_dir, *, num_proc: Optional[int] = 
             "tokenizer": {k: v for k, v in tokenizer_entry.items() if k != "vocab_file"},
             "inputs": _inputs_identity(fingerprint), "pieces": len(pieces)}
     manifest_path = out / _manifest_name(shard_index, num_shards)
-    existing = _read_json(out / PLAN)
-    if existing is not None:
-        _check_same_plan(existing, plan, out)
-        done = _read_json(manifest_path)
-        if done is not None:
-            logger.info("%s is already prepared (%s)", out, _summary(done))
-            return done
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(out / PLAN, plan)
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out / f".lock-{shard_index}-of-{num_shards}"):
+        existing = _read_json(out / PLAN)
+        if existing is not None:
+            _check_same_plan(existing, plan, out)
+            done = _read_json(manifest_path)
+            if done is not None:
+                logger.info("%s is already prepared (%s)", out, _summary(done))
+                return done
+        else:
+            write_json_atomically(out / PLAN, plan)
+        return _prepare_pieces(settings, out, pieces, plan, tokenizer_entry, fingerprint, num_proc, shard_index,
+                               num_shards, show_progress, start, manifest_path)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """One preparation of a directory (or of one machine's part of it) at a time: a second one, e.g. a
+    sweep agent starting beside another on the same on-the-fly cache, waits and then finds it done."""
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            logger.info("another process is preparing %s; waiting for it", lock_path.parent)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare_pieces(settings, out, pieces, plan, tokenizer_entry, fingerprint, num_proc, shard_index, num_shards,
+                    show_progress, start, manifest_path) -> dict:
+    from groupbert.data.shards import write_json_atomically
 
     mine = [p for p in pieces if p.index % num_shards == shard_index]
     if settings.max_documents is not None:   # a cap in input order: one process, pieces in turn

@@ -101,9 +101,10 @@ def plain_tokenizer(tokenizer):
     return tok
 
 
-def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> TokenizedDocuments:
-    """Sentences per document -> :class:`TokenizedDocuments`, batch-encoded by the Rust tokenizer.
-    Sentences that encode to nothing and documents left without a sentence are dropped."""
+def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer, dtype=np.int32) -> TokenizedDocuments:
+    """Sentences per document -> :class:`TokenizedDocuments`, batch-encoded by the Rust tokenizer, ids as
+    ``dtype`` (uint16 halves a shard's memory when the vocabulary fits). Sentences that encode to nothing
+    and documents left without a sentence are dropped."""
     tok = plain_tokenizer(tokenizer)
     sentences = [s for d in documents for s in d]
     lengths = np.zeros(len(sentences), dtype=np.int64)
@@ -113,8 +114,8 @@ def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> Tokeniz
         ids = [e.ids for e in tok.encode_batch_fast(batch, add_special_tokens=False)]
         lengths[start:start + len(ids)] = [len(x) for x in ids]
         total = int(lengths[start:start + len(ids)].sum())
-        pieces.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=total))
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+        pieces.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=total))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
     per_doc = np.array([len(d) for d in documents], dtype=np.int64)
     doc_of_sentence = np.repeat(np.arange(len(documents)), per_doc)
     keep = lengths > 0
@@ -214,44 +215,53 @@ def _ranges(counts: np.ndarray):
     return which, within
 
 
-def _assemble(tokens, a0, a1, b0, b1, rnd, max_num_tokens: int, cls: int, sep: int, rng: np.random.Generator):
-    """``[CLS] A [SEP] B [SEP]`` rows of truncated pairs, built with one gather (int32 per token: a shard's
-    token offsets stay below 2**31)."""
+def _truncate(a0, a1, b0, b1, max_num_tokens: int, rng: np.random.Generator):
+    """(len A, len B, A start, B start) after truncation: the lengths in closed form, the tokens cut at
+    each front drawn as Binomial(cut, 1/2) (the rest are cut at the back)."""
     la, lb = truncated_lengths(a1 - a0, b1 - b0, max_num_tokens)
-    a_start = a0 + rng.binomial((a1 - a0) - la, 0.5)      # tokens cut at the front, the rest at the back
-    b_start = b0 + rng.binomial((b1 - b0) - lb, 0.5)
+    return la, lb, a0 + rng.binomial((a1 - a0) - la, 0.5), b0 + rng.binomial((b1 - b0) - lb, 0.5)
+
+
+def _assemble(tokens, la, lb, a_start, b_start, cls: int, sep: int, out: np.ndarray) -> None:
+    """``[CLS] A [SEP] B [SEP]`` rows written into ``out`` with one gather (int32 per token: a shard's
+    token offsets stay below 2**31)."""
     n = (la + lb + 3).astype(np.int32)
-    offsets = np.concatenate([[0], np.cumsum(n, dtype=np.int64)])
-    t = np.arange(offsets[-1], dtype=np.int32) - np.repeat(offsets[:-1].astype(np.int32), n)
+    starts = np.cumsum(n, dtype=np.int64) - n
+    t = np.arange(len(out), dtype=np.int32) - np.repeat(starts.astype(np.int32), n)
     la_r = np.repeat(la.astype(np.int32), n)
     src = np.where(t <= la_r, np.repeat((a_start - 1).astype(np.int32), n) + t,
                    np.repeat((b_start - 2 - la).astype(np.int32), n) + t)
-    ids = tokens[np.clip(src, 0, len(tokens) - 1)].astype(np.int32)
+    np.clip(src, 0, len(tokens) - 1, out=src)
+    np.take(tokens, src, out=out)
     del src
-    ids[t == 0] = cls
-    ids[(t == la_r + 1) | (t == np.repeat(n - 1, n))] = sep
-    return Instances(ids, offsets, (la + 2).astype(np.int64), rnd.astype(np.int8))
+    out[t == 0] = cls
+    out[(t == la_r + 1) | (t == np.repeat(n - 1, n))] = sep
 
 
 def build_instances(docs: TokenizedDocuments, *, seq_len: int, short_seq_prob: float, dupe_factor: int,
                     cls: int, sep: int, seed, shard: int = 0) -> Instances:
     """``dupe_factor`` passes of pairs over a shard, each in a shuffled order (training also shuffles
     across shards); every random draw is seeded by ``(seed, shard, pass)``, so a shard's instances do not
-    depend on the process that builds them."""
+    depend on the process that builds them. The ids keep the tokens' dtype and are written in place: the
+    only per-token arrays are the output and one pass's temporaries."""
     max_num_tokens = seq_len - 3
-    parts = []
+    passes = []
     for dupe in range(dupe_factor):
         rng = random.Random(f"{seed}:{shard}:{dupe}")
-        pairs = _pairs(docs, max_num_tokens, short_seq_prob, rng)
+        a0, a1, b0, b1, rnd = _pairs(docs, max_num_tokens, short_seq_prob, rng)
         np_rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, shard, dupe, 1])
-        order = np_rng.permutation(len(pairs[0]))
-        parts.append(_assemble(docs.tokens, *(x[order] for x in pairs), max_num_tokens, cls, sep, np_rng))
-    shifts = np.cumsum([0] + [len(p.ids) for p in parts])
-    return Instances(
-        ids=np.concatenate([p.ids for p in parts]),
-        offsets=np.concatenate([[0]] + [p.offsets[1:] + shift for p, shift in zip(parts, shifts)]).astype(np.int64),
-        b_start=np.concatenate([p.b_start for p in parts]),
-        next_sentence_label=np.concatenate([p.next_sentence_label for p in parts]))
+        order = np_rng.permutation(len(a0))
+        passes.append((*_truncate(a0[order], a1[order], b0[order], b1[order], max_num_tokens, np_rng), rnd[order]))
+    lengths = np.concatenate([la + lb + 3 for la, lb, *_ in passes])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.empty(int(offsets[-1]), dtype=docs.tokens.dtype)
+    row = 0
+    for la, lb, a_start, b_start, _ in passes:
+        _assemble(docs.tokens, la, lb, a_start, b_start, cls, sep, ids[offsets[row]:offsets[row + len(la)]])
+        row += len(la)
+    return Instances(ids=ids, offsets=offsets,
+                     b_start=np.concatenate([la + 2 for la, *_ in passes]).astype(np.int64),
+                     next_sentence_label=np.concatenate([p[-1] for p in passes]).astype(np.int8))
 
 
 # --------------------------------------------------------------------------------------------------

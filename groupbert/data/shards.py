@@ -85,7 +85,8 @@ def write_instance_shard(path: Path, instances, dtype: np.dtype, meta: dict) -> 
                         "offsets; lower data.shard_size_mb")
 
     def ragged(values, offsets, value_dtype):
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(value_dtype)))
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
+                                        pa.array(values.astype(value_dtype, copy=False)))
 
     id_type = np.dtype(dtype)
     columns = {

@@ -151,6 +151,19 @@ def test_killed_preparation_resumes_to_the_same_shards(corpus, tmp_path):
     assert not list((cut / "shards").glob(".*.tmp"))
 
 
+def test_two_preparations_of_one_directory_at_once(corpus, tmp_path):
+    """E.g. two sweep agents starting on the same on-the-fly cache: one prepares, the other waits for it;
+    both end with the one result."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen(_prepare_cli(corpus, tmp_path / "shared", num_proc=1), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    subprocess.run(_prepare_cli(corpus, tmp_path / "alone"), env=env, check=True, capture_output=True)
+    assert _shard_hashes(load_manifest(tmp_path / "shared")) == _shard_hashes(load_manifest(tmp_path / "alone"))
+    verify(tmp_path / "shared", show_progress=False)
+
+
 def test_restart_with_other_settings_is_refused(corpus, tmp_path):
     prepare(_settings(corpus), tmp_path / "p", show_progress=False)
     with pytest.raises(DataError, match=r"data\.seed: 7 there, 8 now"):

@@ -238,9 +238,10 @@ def test_truncation_cuts_front_and_back_as_the_reference_does():
     ref_front = [_reference_truncate(range(la), range(lb), limit, random.Random(i))[0][0] for i in range(n)]
     tokens = np.arange(1000, dtype=np.int32)
     a0 = np.zeros(n, np.int64)
-    out = pretraining._assemble(tokens, a0, a0 + la, a0 + 500, a0 + 500 + lb, np.zeros(n, bool), limit, -1, -2,
-                                np.random.default_rng(0))
-    rows = out.ids.reshape(n, limit + 3)
+    truncated = pretraining._truncate(a0, a0 + la, a0 + 500, a0 + 500 + lb, limit, np.random.default_rng(0))
+    rows = np.empty(n * (limit + 3), np.int32)
+    pretraining._assemble(tokens, *truncated, -1, -2, out=rows)
+    rows = rows.reshape(n, limit + 3)
     ours = rows[:, 1]                        # first kept token of A = tokens cut at its front
     assert (rows[:, 0] == -1).all() and (rows[:, limit - lb + 1] == -2).all() and (rows[:, -1] == -2).all()
     np.testing.assert_array_equal(rows[:, limit - lb + 2:-1], np.tile(np.arange(500, 500 + lb), (n, 1)))
