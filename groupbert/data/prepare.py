@@ -217,7 +217,12 @@ def process_piece(worker: _Worker, piece, max_documents: Optional[int] = None) -
     s, out = worker.settings, worker.out_dir
     for tmp in (out / "shards").glob(f".*-{piece.index:06d}-*.tmp"):   # a killed attempt's leftovers
         tmp.unlink(missing_ok=True)
-    part_bytes = int(s.shard_size_mb * (1 << 20)) if piece.end < 0 else None   # a byte range is one part
+    # A planned piece (a byte range, bz2 streams, dataset rows) holds about one shard of input: one part,
+    # with twice that as a safety bound. A whole compressed file or a streaming shard has no known size:
+    # a new part every shard_size_mb of text.
+    part_bytes = int(s.shard_size_mb * (1 << 20))
+    if piece.end >= 0 and not piece.source.startswith("hf-streaming:"):
+        part_bytes *= 2
     counts: Counter = Counter()
     records, batch, batch_bytes, n_docs = [], [], 0, 0
     reader = read_piece(piece, text_field=s.text_field, max_document_bytes=int(s.max_document_mb * (1 << 20)),
@@ -241,7 +246,7 @@ def process_piece(worker: _Worker, piece, max_documents: Optional[int] = None) -
         batch.append(doc)
         batch_bytes += len(doc.text)
         n_docs += 1
-        if part_bytes is not None and batch_bytes >= part_bytes:
+        if batch_bytes >= part_bytes:
             flush()
             batch, batch_bytes = [], 0
         if max_documents is not None and n_docs >= max_documents:
