@@ -36,10 +36,10 @@ import numpy as np
 
 from groupbert.data.errors import DataError
 from groupbert.data.masking import IGNORE_INDEX, MaskingSpec, hash_key, mask_rows
-from groupbert.data.packing import layout_from_members, max_predictions_per_row, pack_columns, spfhp, assign_rows
-from groupbert.data.prepare import check_shard_size
+from groupbert.data.packing import assign_rows, layout_from_members, max_predictions_per_row, pack_columns, spfhp
+from groupbert.data.prepare import check_shard_size, verify_shards
 from groupbert.data.pretraining import pad_rows
-from groupbert.data.shards import open_instance_shard, open_token_shard, sha256_file
+from groupbert.data.shards import open_instance_shard, open_token_shard
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,9 @@ _DYNAMIC_MASK_TAG = 0xD1A4C
 def _open_entries(root: Path, manifest: dict, split: str, verify_checksums: bool) -> list[dict]:
     entries = manifest["shards"][split]
     for entry in entries:
-        path = root / entry["path"]
-        check_shard_size(path, entry)
-        if verify_checksums and sha256_file(path) != entry["sha256"]:
-            raise DataError(f"prepared shard {path} does not match its checksum in {root / 'manifest.json'}: "
-                            "it was modified or corrupted; prepare the data again")
+        check_shard_size(root / entry["path"], entry)
+    if verify_checksums and entries:
+        verify_shards(root, entries)
     return entries
 
 

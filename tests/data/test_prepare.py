@@ -321,3 +321,28 @@ def test_tiktoken_encodes_the_bundled_wikipedia_as_tokenizers_does():
     want = [e.ids for e in reference.encode_batch(texts[:-1], add_special_tokens=False)]
     assert ours[:-1] == want and sum(map(len, want)) > 500_000
     assert 50256 not in ours[-1]
+
+
+@pytest.mark.parametrize("kind", ["hf", "hf-streaming"])
+def test_datasets_inputs_prepare_like_the_same_jsonl(corpus, tok, tmp_path, kind):
+    """A `datasets` dataset (saved to disk, or local JSONL files read as an IterableDataset) gives the
+    instances of the same documents given as a JSONL file."""
+    import datasets
+
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    if kind == "hf":
+        source = tmp_path / "saved"
+        datasets.Dataset.from_dict({"text": [r["text"] for r in rows]}).save_to_disk(str(source))
+    else:
+        source = tmp_path / "files"
+        source.mkdir()
+        (source / "part-0.jsonl").write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
+    big = dict(shard_size_mb=64, validation_fraction=0.0)
+    a = prepare(_settings(f"{kind}:{source}", **big), tmp_path / "a", show_progress=False)
+    b = prepare(_settings(corpus, **big), tmp_path / "b", show_progress=False)
+    assert a["pieces"] == b["pieces"] == 1 and a["totals"] == b["totals"]
+    spec = _spec(tok, _settings(corpus))
+    da = MaskedLMData(tmp_path / "a", a, "train", spec=spec, seq_len=SEQ, seed=0)
+    db = MaskedLMData(tmp_path / "b", b, "train", spec=spec, seq_len=SEQ, seed=0)
+    idx = np.arange(len(da))
+    np.testing.assert_array_equal(da.sequences(idx, 0)["input_ids"], db.sequences(idx, 0)["input_ids"])

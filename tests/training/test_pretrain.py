@@ -191,7 +191,7 @@ def test_dynamic_masking_packed_run_resumes_exactly(tmp_path):
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
 
 
-def _prepare(tmp_path, *sets) -> "Path":
+def _prepare(tmp_path, *sets):
     from groupbert.data.prepare import main as prepare_main
 
     out = tmp_path / "prepared"
