@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 KINDS = {"mlm": "configs/groupbert/base_phase1.yaml", "gpt2": "configs/gpt2/124m.yaml",
          "mlm-xml": "configs/groupbert/base_phase1.yaml"}
@@ -151,17 +152,6 @@ def run_measured(cmd: list[str], env: dict) -> dict:
             "stdout": out.strip().splitlines()[-1] if out.strip() else ""}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scales", type=int, nargs="+", default=[1, 8, 32, 128])
@@ -234,7 +224,7 @@ def main(argv=None) -> dict:
             s["english_wikipedia_hours_64_cores_if_linear"] = WIKIPEDIA_TOKENS / (rate * 64 / cores) / 3600
         summary[kind] = s
         print(f"{kind}: {json.dumps(s)}")
-    record = {"benchmark": "data_prep", "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
+    record = {"benchmark": "data_prep", "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
               "num_proc": args.num_proc, "python": platform.python_version(),
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "git_commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,

@@ -46,6 +46,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 from custom_ops import _build, fused_optim  # noqa: E402
 from groupbert.config import ModelConfig  # noqa: E402
@@ -190,17 +191,6 @@ def agreement(args, setup: Setup) -> dict:
         del runs, pa, pb, oa, ob
         gc.collect()
     return out
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():

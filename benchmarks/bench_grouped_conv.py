@@ -47,6 +47,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 from custom_ops import _build  # noqa: E402
 from custom_ops.grouped_conv import (grouped_conv1d, grouped_conv1d_reference,  # noqa: E402
@@ -75,19 +76,6 @@ def parse_args():
         name = "grouped_conv_segments.json" if args.segments else "grouped_conv.json"
         args.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
     return args
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return platform.processor() or "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor() or "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    isa = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "pre-avx2"
-    return f"{name} ({isa})"
 
 
 def retain_freed_memory() -> bool:

@@ -90,7 +90,7 @@ class DataConfig:
     masking: str = _f("static", choices=("static", "dynamic"))  # static: masks stored at preparation; dynamic: a new mask per epoch at load time (RoBERTa)
     whole_word_masking: bool = False             # mask every piece of a word together (Google's do_whole_word_mask)
     seed: int = _f(12345, ge=0)                  # preparation: sentence pairs, static masks, held-out documents (train.seed drives the shuffle and dynamic masks)
-    validation_fraction: float = _f(0.05, ge=0.0, lt=1.0)  # documents held out per shard
+    validation_fraction: float = _f(0.05, ge=0.0, lt=1.0)  # documents held out: round(fraction x n) per shard, at least 1
     shard_size_mb: float = _f(16.0, gt=0.0)      # text per shard: the unit of work, of restart and of NSP's random-next draw
     bad_documents: str = _f("skip", choices=("skip", "fail"))  # undecodable / malformed / over-long / empty documents: counted and skipped, or an error
     max_document_mb: float = _f(16.0, gt=0.0)    # a longer document is "too_long"
