@@ -18,14 +18,14 @@ time, start-up included. Targets on a 2-core machine (issue "data at real-corpus
 WordPiece tokens/s for MLM+NSP, >= 1M BPE tokens/s for GPT-2, peak RSS <= 1.5 GB at every scale, and the
 128x time within 1.2x of 16 times the 8x time. Writes ``benchmarks/results/data_prep.json`` and
 ``data_prep.png``; prints how long English Wikipedia (about 3e9 WordPiece tokens) would take at the
-measured rate.
+measured rate. ``--smoke``: every kind at 1x of the sample's first 3 documents (the plot only beside an
+explicit ``--output``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py, beside this script)
+from common import RESULTS, load_average, parse_args, shown, write_results  # noqa: E402  (beside this script)
 
 KINDS = {"mlm": "configs/groupbert/base_phase1.yaml", "gpt2": "configs/gpt2/124m.yaml",
          "mlm-xml": "configs/groupbert/base_phase1.yaml"}
@@ -47,11 +47,12 @@ LABELS = {"mlm": "MLM+NSP, JSONL (WordPiece)", "gpt2": "GPT-2 blocks, JSONL (BPE
 WIKIPEDIA_TOKENS = 3.0e9   # English Wikipedia in WordPiece tokens (Graphcore: ~2.5e9; the issue: ~3e9)
 
 
-def write_corpus(path: Path, scale: int) -> int:
-    """``scale`` reshuffled copies of the bundled sample as JSONL; returns the bytes written."""
+def write_corpus(path: Path, scale: int, max_documents: int | None = None) -> int:
+    """``scale`` reshuffled copies of the bundled sample (its first ``max_documents``) as JSONL; returns the
+    bytes written."""
     from groupbert.data.corpus import load_wikipedia_sample
 
-    docs = load_wikipedia_sample()
+    docs = load_wikipedia_sample(max_documents)
     sentences = [s for d in docs for s in d.sentences]
     sizes = [len(d.sentences) for d in docs]
     with open(path, "w", encoding="utf-8") as f:
@@ -66,9 +67,10 @@ def write_corpus(path: Path, scale: int) -> int:
     return path.stat().st_size
 
 
-def write_xml_dump(path: Path, scale: int) -> int:
-    """The bundled dump's articles ``scale`` times (titles made unique) as a multistream bz2, 100 pages
-    per stream like Wikipedia's ``*-multistream.xml.bz2``; returns the bytes written."""
+def write_xml_dump(path: Path, scale: int, max_documents: int | None = None) -> int:
+    """The bundled dump's articles (its first ``max_documents`` pages) ``scale`` times (titles made unique)
+    as a multistream bz2, 100 pages per stream like Wikipedia's ``*-multistream.xml.bz2``; returns the
+    bytes written."""
     import bz2
     import re
 
@@ -76,7 +78,7 @@ def write_xml_dump(path: Path, scale: int) -> int:
 
     xml = bz2.open(wikipedia_sample_path(), "rt", encoding="utf-8").read()
     first, last = xml.index("<page>"), xml.rindex("</page>") + len("</page>")
-    pages = re.findall(r"<page>.*?</page>", xml[first:last], flags=re.DOTALL)
+    pages = re.findall(r"<page>.*?</page>", xml[first:last], flags=re.DOTALL)[:max_documents]
     with open(path, "wb") as f:
         f.write(bz2.compress(xml[:first].encode()))
         batch = []
@@ -160,21 +162,23 @@ def main(argv=None) -> dict:
                    help="scales for mlm-xml (its corpus takes a while to compress)")
     p.add_argument("--num-proc", type=int, default=None, help="workers (default: every core)")
     p.add_argument("--workdir", type=Path, default=None, help="where corpora and outputs go (default: a temp dir)")
-    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "data_prep.json")
-    p.add_argument("--no-plot", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--max-documents", type=int, default=None,
+                   help="the sample's first N documents (pages of the dump) per copy (default: all)")
+    p.add_argument("--no-plot", action="store_true", help="no data_prep.png beside the JSON")
+    args = parse_args(p, argv, default_output=RESULTS / "data_prep.json",
+                      smoke=dict(scales=[1], xml_scales=[1], max_documents=3))
     work = Path(tempfile.mkdtemp(prefix="bench-data-prep-", dir=args.workdir))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    results, load_before = [], os.getloadavg()
+    results, load_before = [], load_average()
     try:
         for scale in sorted(set(args.scales) | set(args.xml_scales if "mlm-xml" in args.kinds else [])):
             corpora = {}
             if set(args.kinds) & {"mlm", "gpt2"} and scale in args.scales:
                 corpora["jsonl"] = work / f"corpus-{scale}x.jsonl"
-                jsonl_bytes = write_corpus(corpora["jsonl"], scale)
+                jsonl_bytes = write_corpus(corpora["jsonl"], scale, args.max_documents)
             if "mlm-xml" in args.kinds and scale in args.xml_scales:
                 corpora["xml"] = work / f"enwiki-{scale}x-pages-articles-multistream.xml.bz2"
-                xml_bytes = write_xml_dump(corpora["xml"], scale)
+                xml_bytes = write_xml_dump(corpora["xml"], scale, args.max_documents)
             for kind in args.kinds:
                 source = "xml" if kind == "mlm-xml" else "jsonl"
                 if source not in corpora:
@@ -224,16 +228,10 @@ def main(argv=None) -> dict:
             s["english_wikipedia_hours_64_cores_if_linear"] = WIKIPEDIA_TOKENS / (rate * 64 / cores) / 3600
         summary[kind] = s
         print(f"{kind}: {json.dumps(s)}")
-    record = {"benchmark": "data_prep", "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
-              "num_proc": args.num_proc, "python": platform.python_version(),
-              "load_average_before": load_before, "load_average_after": os.getloadavg(),
-              "git_commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip(),
-              "configs": KINDS, "results": results, "summary": summary}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {os.path.relpath(args.output, ROOT)}")
-    if not args.no_plot:
+    record = write_results({"benchmark": "data_prep", "num_proc": args.num_proc, "load_average_before": load_before,
+                            "load_average_after": load_average(), "max_documents": args.max_documents,
+                            "configs": KINDS, "results": results, "summary": summary}, args.output, smoke=args.smoke)
+    if args.output is not None and not args.no_plot:
         plot(results, args.output.with_suffix(".png"))
     return record
 
@@ -267,7 +265,7 @@ def plot(results: list[dict], path: Path) -> None:
     axes[0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {os.path.relpath(path, ROOT)}")
+    print(f"wrote {shown(path)}")
 
 
 if __name__ == "__main__":

@@ -9,41 +9,55 @@ threads; what DDP adds is the gradient all-reduce and the per-process Python ove
 
     .venv/bin/python benchmarks/bench_ddp.py --steps 40
 
-Prints the table and writes JSON to ``benchmarks/results/ddp.json``.
+Prints the table and writes JSON to ``benchmarks/results/ddp.json``. ``--smoke``: the torchrun case
+only, 2 steps of 2 micro-batches of 2 on the first 4 documents of the sample (prepared into a
+temporary cache), no warm-up run.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
+from common import RESULTS, parse_args, write_results  # noqa: E402  (benchmarks/common.py, beside this script)
+
+CASES = ("1x1", "1xN", "Nx1")  # processes x threads, N = --nproc
 
 
-def parse_args():
+def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--config", default=str(ROOT / "configs" / "groupbert" / "tiny_phase1.yaml"))
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "ddp.json"))
-    return p.parse_args()
+    p.add_argument("--cases", default=",".join(CASES), help=f"any of {', '.join(CASES)}")
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--gradient-accumulation", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1, help="untimed 2-step runs first (data cache, page cache)")
+    p.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "datasets",
+                   help="prepared-data cache (--smoke: a temporary one)")
+    p.add_argument("--max-documents", type=int, default=None, help="first N documents of the sample (default: all)")
+    return parse_args(p, argv, default_output=RESULTS / "ddp.json",
+                      smoke=dict(steps=2, log_every=1, cases="Nx1", micro_batch=2, gradient_accumulation=2,
+                                 warmup=0, cache_dir=None, max_documents=4))
 
 
 def run_case(args, nproc: int, threads: int, workdir: Path, cache: Path) -> dict:
     out = workdir / f"p{nproc}_t{threads}"
-    sets = [f"train.max_steps={args.steps}", f"logging.log_every={args.log_every}", "train.micro_batch_size=16",
-            "train.gradient_accumulation=4", "train.eval_at_start=false", "train.eval_batches=1",
+    sets = [f"train.max_steps={args.steps}", f"logging.log_every={args.log_every}",
+            f"train.micro_batch_size={args.micro_batch}", f"train.gradient_accumulation={args.gradient_accumulation}",
+            "train.eval_at_start=false", "train.eval_batches=1",
             "train.eval_every=0", "train.checkpoint_every=0", f"runtime.threads={threads}", "runtime.backend=cpu",
             "logging.wandb.mode=disabled", f"data.cache_dir={cache}"]
+    if args.max_documents:
+        sets.append(f"data.max_documents={args.max_documents}")
     cli = [str(ROOT / "run_pretraining.py"), "--config", args.config, "--output-dir", str(out), "--quiet",
            *[a for s in sets for a in ("--set", s)]]
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -60,27 +74,27 @@ def run_case(args, nproc: int, threads: int, workdir: Path, cache: Path) -> dict
 
 
 def main():
-    args = parse_args()
+    args = cli()
     cores = os.cpu_count() or 1
+    shapes = {"1x1": (1, 1), "1xN": (1, args.nproc), "Nx1": (args.nproc, 1)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cache = ROOT / ".cache" / "datasets"
-        run_case(argparse.Namespace(**{**vars(args), "steps": 2, "log_every": 1}), 1, 1, tmp / "warm", cache)
-        cases = [run_case(args, 1, 1, tmp, cache), run_case(args, 1, args.nproc, tmp, cache),
-                 run_case(args, args.nproc, 1, tmp, cache)]
-    base = cases[0]["samples_per_s"]
+        cache = args.cache_dir or tmp / "cache"
+        for i in range(args.warmup):
+            run_case(argparse.Namespace(**{**vars(args), "steps": 2, "log_every": 1}), 1, 1, tmp / f"warm{i}", cache)
+        cases = [run_case(args, *shapes[c], tmp, cache) for c in args.cases.split(",")]
+    base = next((c["samples_per_s"] for c in cases if c["processes"] == c["threads_per_process"] == 1), None)
     print(f"{'processes':>9} {'threads':>7} {'samples/s':>10} {'vs 1x1':>7} {'final loss':>10}")
     for c in cases:
-        c["speedup_vs_1x1"] = c["samples_per_s"] / base
-        print(f"{c['processes']:>9} {c['threads_per_process']:>7} {c['samples_per_s']:>10.1f} "
-              f"{c['speedup_vs_1x1']:>6.2f}x {c['final_loss']:>10.4f}")
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result = {"benchmark": "ddp", "config": os.path.relpath(args.config, ROOT), "steps": args.steps,
-              "global_batch": 64, "seq_len": 128, "cpu_count": cores, "torch": torch.__version__,
-              "python": platform.python_version(), "git_commit": commit, "backend": "gloo", "cases": cases}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output}")
+        c["speedup_vs_1x1"] = c["samples_per_s"] / base if base else None
+        vs = f"{c['speedup_vs_1x1']:>6.2f}x" if base else f"{'-':>7}"
+        print(f"{c['processes']:>9} {c['threads_per_process']:>7} {c['samples_per_s']:>10.1f} {vs} "
+              f"{c['final_loss']:>10.4f}")
+    write_results({"benchmark": "ddp", "config": os.path.relpath(args.config, ROOT), "steps": args.steps,
+                   "global_batch": args.micro_batch * args.gradient_accumulation, "seq_len": 128,
+                   # the runs are subprocesses: torch's version without importing it here
+                   "cpu_count": cores, "torch": importlib.metadata.version("torch"), "backend": "gloo",
+                   "max_documents": args.max_documents, "cases": cases}, args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":

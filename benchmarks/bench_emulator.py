@@ -7,22 +7,21 @@ Mean reduction and PopART's AdamW. Medians of interleaved repeats, one process.
 
     .venv/bin/python benchmarks/bench_emulator.py --repeats 5
 
-Prints the table and writes JSON to ``benchmarks/results/emulator.json``.
+Prints the table and writes JSON to ``benchmarks/results/emulator.json``. ``--smoke``: H64 (still 4
+layers, one per IPU) with a 2048-token vocabulary, micro-batch 1 of seq 32, the pipeline's smallest GA (9),
+one round, no warm-up.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+from common import RESULTS, load_average, median, parse_args, time_rounds, write_results  # noqa: E402
 
 from groupbert.config import load_config  # noqa: E402
 from groupbert.ipu import USING_EMULATOR, poptorch  # noqa: E402
@@ -31,18 +30,26 @@ from groupbert.ipu.pipeline import parallelize  # noqa: E402
 from groupbert.models import build_model  # noqa: E402
 from groupbert.training.optim import build_optimizer  # noqa: E402
 from groupbert.training.steppers import HostStepper, IPUStepper  # noqa: E402
+from groupbert.training.tasks import task_for  # noqa: E402
 from optimizers import build_schedule  # noqa: E402
 
 
-def parse_args():
+SIZES = {"mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+         "tiny": dict(hidden_size=64, num_layers=4, num_heads=2, intermediate_size=256, vocab_size=2048)}  # --smoke
+
+
+def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="mini")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--gradient-accumulation", type=int, default=10)
     p.add_argument("--micro-batch", type=int, default=4)
-    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                     "emulator.json"))
-    return p.parse_args()
+    p.add_argument("--seq-len", type=int, default=128)
+    # a 4-IPU pipeline of GroupBERT mini has 5 forward stages: at least 2 x 5 - 1 = 9 micro-batches per step
+    return parse_args(p, argv, default_output=RESULTS / "emulator.json",
+                      smoke=dict(size="tiny", repeats=1, warmup=0, gradient_accumulation=9, micro_batch=1,
+                                 seq_len=32))
 
 
 class _Batches:
@@ -64,10 +71,11 @@ class _Batches:
 
 
 def main():
-    args = parse_args()
-    sets = ["model.hidden_size=256", "model.num_layers=4", "model.num_heads=4", "model.intermediate_size=1024",
-            f"train.micro_batch_size={args.micro_batch}", f"train.gradient_accumulation={args.gradient_accumulation}",
-            "train.max_steps=1000", "train.max_grad_norm=0", "schedule.name=constant", "schedule.warmup=0"]
+    args = cli()
+    sets = [f"model.{k}={v}" for k, v in SIZES[args.size].items()] + [
+        f"train.micro_batch_size={args.micro_batch}", f"train.gradient_accumulation={args.gradient_accumulation}",
+        f"data.seq_len={args.seq_len}", "train.max_steps=1000", "train.max_grad_norm=0", "schedule.name=constant",
+        "schedule.warmup=0"]
     cpu_cfg = load_config(None, sets + ["runtime.backend=cpu"])
     ipu_cfg = load_config(None, sets + ["runtime.backend=ipu-model", "ipu.layers_per_ipu=[1,1,1,1]"])
     torch.manual_seed(0)
@@ -77,39 +85,32 @@ def main():
 
     cpu_opt = build_optimizer(cpu_model, cpu_cfg.optimizer)
     cpu_sched = build_schedule(cpu_opt, name="constant", warmup_steps=0, total_steps=1000)
-    cpu = HostStepper(cpu_model, cpu_opt, cpu_sched, cpu_cfg, torch.device("cpu"), contextlib.nullcontext)
+    task = task_for(cpu_cfg.model.type)  # MLM + NSP, unpacked, as both steppers train it
+    cpu = HostStepper(cpu_model, cpu_opt, cpu_sched, cpu_cfg, torch.device("cpu"), contextlib.nullcontext, task)
     parallelize(ipu_model, ipu_cfg.ipu.layers_per_ipu)
     ipu_opt = build_ipu_optimizer(ipu_model, ipu_cfg)
     ipu_sched = build_schedule(ipu_opt, name="constant", warmup_steps=0, total_steps=1000)
-    ipu = IPUStepper(ipu_model, ipu_cfg, poptorch, ipu_opt, ipu_sched, build_options(ipu_cfg))
+    ipu = IPUStepper(ipu_model, ipu_cfg, poptorch, ipu_opt, ipu_sched, build_options(ipu_cfg), task)
 
     T, P = cpu_cfg.data.seq_len, cpu_cfg.data.max_predictions
     data_cpu = _Batches(args.gradient_accumulation, args.micro_batch, T, P, cpu_cfg.model.vocab_size)
     data_ipu = _Batches(args.gradient_accumulation, args.micro_batch, T, P, cpu_cfg.model.vocab_size)
-    for _ in range(args.warmup):
-        cpu.run(data_cpu, 0)
-        ipu.run(data_ipu, 0)
-    times = {"cpu": [], "emulator": []}
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        cpu.run(data_cpu, 0)
-        times["cpu"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ipu.run(data_ipu, 0)
-        times["emulator"].append(time.perf_counter() - t)
-    c, e = statistics.median(times["cpu"]), statistics.median(times["emulator"])
-    print(f"GroupBERT mini, micro {args.micro_batch} x GA {args.gradient_accumulation} x seq {T}, "
+    load_before = load_average()
+    times = time_rounds({"cpu": lambda: cpu.run(data_cpu, 0), "emulator": lambda: ipu.run(data_ipu, 0)},
+                        args.repeats, args.warmup)
+    c, e = median(times["cpu"]), median(times["emulator"])
+    print(f"GroupBERT {args.size}, micro {args.micro_batch} x GA {args.gradient_accumulation} x seq {T}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"plain CPU step      {c:.3f} s")
     print(f"emulated IPU step   {e:.3f} s   (4-IPU pipeline; overhead {100 * (e / c - 1):+.1f}%)")
-    out = {"benchmark": "emulator", "torch": torch.__version__, "python": platform.python_version(),
-           "using_emulator": USING_EMULATOR, "threads": torch.get_num_threads(), "micro_batch": args.micro_batch,
-           "gradient_accumulation": args.gradient_accumulation, "seq_len": T, "times_s": times,
-           "cpu_median_s": c, "emulator_median_s": e, "overhead": e / c - 1}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.output}")
+    print(f"load average (1 min) {load_before[0]:.2f} before, {load_average()[0]:.2f} after")
+    write_results({"benchmark": "emulator", "using_emulator": USING_EMULATOR, "threads": torch.get_num_threads(),
+                   "micro_batch": args.micro_batch, "gradient_accumulation": args.gradient_accumulation,
+                   "seq_len": T, "model": f"GroupBERT {args.size}", "model_config": SIZES[args.size],
+                   "layers_per_ipu": [1, 1, 1, 1],
+                   "repeats": args.repeats, "warmup": args.warmup, "load_average_before": load_before,
+                   "times_s": times, "cpu_median_s": c, "emulator_median_s": e, "overhead": e / c - 1},
+                  args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -28,25 +28,21 @@ parameters through the clip divisor and the trust ratios.
 
 Prints a table and writes JSON to ``benchmarks/results/fused_optim.json``. The machine should be otherwise
 idle: with another process on a core, every fork/join waits for a time slice, and torch's fused AdamW
-(one per tensor) slows down by up to 30x.
+(one per tensor) slows down by up to 30x. ``--smoke``: the parameter set of a one-layer H64 GroupBERT, one
+round of each optimizer after one warm-up, one agreement step.
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py, beside this script)
+from common import RESULTS, load_average, median, parse_args, time_rounds, write_results  # noqa: E402
 
 from custom_ops import _build, fused_optim  # noqa: E402
 from groupbert.config import ModelConfig  # noqa: E402
@@ -55,21 +51,22 @@ from optimizers import param_groups  # noqa: E402
 from optimizers.adamw import AdamW  # noqa: E402
 from optimizers.lamb import LAMB, PRESETS  # noqa: E402
 
-BASE = dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
+SIZES = {"base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+         "tiny": dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, vocab_size=1024)}  # --smoke
 ADAM_KW = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-6)
 
 
-def parse_args():
+def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="base", help="the GroupBERT whose parameters step")
     p.add_argument("--repeats", type=int, default=15, help="rounds of the fused optimizers and the copy")
     p.add_argument("--slow-repeats", type=int, default=5, help="rounds of the Python / per-tensor ones")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--check-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--only", nargs="*", default=None, help="run only these optimizers (and the copy)")
-    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                     "fused_optim.json"))
-    return p.parse_args()
+    return parse_args(p, argv, default_output=RESULTS / "fused_optim.json",
+                      smoke=dict(size="tiny", repeats=1, slow_repeats=1, warmup=1, check_steps=1))
 
 
 def optimizer_factories() -> dict:
@@ -108,8 +105,8 @@ def words_per_element(name: str, groups: list[dict]) -> float:
 class Setup:
     """The model's parameter groups, one fixed gradient per parameter, and fresh optimizers over copies."""
 
-    def __init__(self):
-        model = GroupBertForPreTraining(ModelConfig(type="groupbert", **BASE))
+    def __init__(self, size: str):
+        model = GroupBertForPreTraining(ModelConfig(type="groupbert", **SIZES[size]))
         self.groups = param_groups(model, 0.01)
         self.base = [p.detach() for g in self.groups for p in g["params"]]
         self.index = {id(p): i for i, p in enumerate(p for g in self.groups for p in g["params"])}
@@ -124,19 +121,6 @@ class Setup:
         groups = [{**{k: v for k, v in g.items() if k != "params"},
                    "params": [params[self.index[id(p)]] for p in g["params"]]} for g in self.groups]
         return params, optimizer_factories()[name](groups)
-
-
-def time_rounds(steps: dict, repeats: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            t = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t)
-    return times
 
 
 def bench(args, setup: Setup) -> dict:
@@ -154,10 +138,10 @@ def bench(args, setup: Setup) -> dict:
         times.update(time_rounds(steps, repeats, args.warmup))
         del steps
         gc.collect()  # free this set's optimizers before the next
-    ref = statistics.median(times["torch-adamw-fused"]) if "torch-adamw-fused" in times else None
+    ref = median(times["torch-adamw-fused"]) if "torch-adamw-fused" in times else None
     results = {}
     for name, ts in times.items():
-        med = statistics.median(ts)
+        med = median(ts)
         words = words_per_element(name, setup.groups)
         results[name] = {"times_s": ts, "median_s": med, "min_s": min(ts),
                          "vs_torch_fused": med / ref if ref else None,
@@ -194,16 +178,16 @@ def agreement(args, setup: Setup) -> dict:
 
 
 def main():
-    args = parse_args()
+    args = cli()
     if args.threads:
         torch.set_num_threads(args.threads)
     if not fused_optim.ops_ready():
         sys.exit(f"fused_optim C++ library unavailable: {_build.errors().get('fused_optim')}")
-    setup = Setup()
+    setup = Setup(args.size)
     out = bench(args, setup)
     out["agreement"] = agreement(args, setup)
     copy = out["results"].get("copy")
-    print(f"\noptimizer step over GroupBERT Base ({out['params'] / 1e6:.1f}M params, {out['tensors']} tensors, "
+    print(f"\noptimizer step over GroupBERT {args.size} ({out['params'] / 1e6:.1f}M params, {out['tensors']} tensors, "
           f"groups {out['groups']}), cpu, {torch.get_num_threads()} threads, fp32, median of {args.repeats} "
           f"(Python / per-tensor ones: {args.slow_repeats})")
     print(f"{'':24s} {'s/step':>8s} {'min':>8s} {'vs torch fused':>15s} {'words/elem':>11s} {'GB/s':>7s} "
@@ -219,19 +203,10 @@ def main():
         if "grad_norm_rel_error" in a:
             line += "; G vs float64: " + ", ".join(f"{k} {v:.1e}" for k, v in a["grad_norm_rel_error"].items())
         print(line)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = None
-    record = {"benchmark": "fused_optim", "torch": torch.__version__, "python": platform.python_version(),
-              "device": "cpu", "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "threads": torch.get_num_threads(), "dtype": "float32", "git_commit": commit,
-              "load_average_at_end": list(os.getloadavg()), "optimizer_step": out}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.output}")
+    write_results({"benchmark": "fused_optim", "device": "cpu",
+                   "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                   "dtype": "float32", "size": args.size, "load_average_at_end": load_average(),
+                   "optimizer_step": out}, args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":

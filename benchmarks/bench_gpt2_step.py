@@ -9,24 +9,21 @@ losses are printed as a check. ``--warmup`` untimed steps, then ``--repeats`` in
 
     .venv/bin/python benchmarks/bench_gpt2_step.py --size small --batch-size 4 --seq-len 256
 
-Writes JSON to ``benchmarks/results/gpt2_step.json``.
+Writes JSON to ``benchmarks/results/gpt2_step.json``. ``--smoke``: the tiny size, batch 1 x 16, a 1024-token
+vocabulary, one round, no warm-up.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+from common import RESULTS, load_average, median, parse_args, time_rounds, write_results  # noqa: E402
 
-from benchmarks.bench_train_step import git_commit  # noqa: E402
 from groupbert.config import ModelConfig  # noqa: E402
 from groupbert.models.gpt2 import GPT2LMHeadModel, to_hf_config, to_hf_state_dict  # noqa: E402
 from optimizers import AdamW, param_groups  # noqa: E402
@@ -37,45 +34,41 @@ SIZES = {  # H, L, A; the 124M model is "small" (GPT-2's own name for it)
 }
 
 
-def parse_args():
+def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--vocab-size", type=int, default=50257)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                     "gpt2_step.json"))
-    return p.parse_args()
+    return parse_args(p, argv, default_output=RESULTS / "gpt2_step.json",
+                      smoke=dict(size="tiny", batch_size=1, seq_len=16, vocab_size=1024, repeats=1, warmup=0))
 
 
 class Stepper:
     def __init__(self, name, model, opt, batch, hf):
         self.name, self.model, self.opt, self.batch, self.hf = name, model, opt, batch, hf
-        self.times, self.losses = [], []
+        self.losses = []  # warm-up steps included: the first is the check that both compute the same
 
-    def step(self, record=True):
-        t0 = time.perf_counter()
+    def step(self):
         self.opt.zero_grad(set_to_none=True)
         x = self.batch
         loss = self.model(input_ids=x, labels=x).loss
         loss.backward()
         self.opt.step()
-        elapsed = time.perf_counter() - t0
         self.losses.append(loss.item())
-        if record:
-            self.times.append(elapsed)
 
 
 def main():
-    args = parse_args()
+    args = cli()
     if args.threads:
         torch.set_num_threads(args.threads)
     import transformers
 
     torch.manual_seed(0)
-    cfg = ModelConfig(type="gpt2", vocab_size=50257, max_positions=1024, **SIZES[args.size])
+    cfg = ModelConfig(type="gpt2", vocab_size=args.vocab_size, max_positions=1024, **SIZES[args.size])
     ours = GPT2LMHeadModel(cfg).train()
     hf = transformers.GPT2LMHeadModel(to_hf_config(cfg)).train()
     hf.load_state_dict(to_hf_state_dict(ours), strict=False)  # same weights (HF's causal-mask buffers aside)
@@ -83,15 +76,10 @@ def main():
     kw = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8)
     steppers = [Stepper("ours", ours, AdamW(param_groups(ours, 0.1), **kw), batch, False),
                 Stepper("hf", hf, torch.optim.AdamW(param_groups(hf, 0.1), **kw), batch, True)]
-    load_before = os.getloadavg()
-    for _ in range(args.warmup):
-        for st in steppers:
-            st.step(record=False)
-    for _ in range(args.repeats):
-        for st in steppers:
-            st.step()
-    results = {st.name: dict(times_s=st.times, median_s=statistics.median(st.times), first_loss=st.losses[0],
-                             tokens_per_s=args.batch_size * args.seq_len / statistics.median(st.times))
+    load_before = load_average()
+    times = time_rounds({st.name: st.step for st in steppers}, args.repeats, args.warmup)
+    results = {st.name: dict(times_s=times[st.name], median_s=median(times[st.name]), first_loss=st.losses[0],
+                             tokens_per_s=args.batch_size * args.seq_len / median(times[st.name]))
                for st in steppers}
     ratio = results["hf"]["median_s"] / results["ours"]["median_s"]
     print(f"\nGPT-2 {args.size}, batch {args.batch_size} x {args.seq_len}, {torch.get_num_threads()} threads, "
@@ -99,17 +87,12 @@ def main():
     for name, r in results.items():
         print(f"{name:<6}{r['median_s']:>8.3f} s/step{r['tokens_per_s']:>9.0f} tokens/s  first loss {r['first_loss']:.4f}")
     print(f"hf / ours time: {ratio:.2f}x")
-    commit, dirty = git_commit()
-    record = dict(benchmark="gpt2_step", torch=torch.__version__, transformers=transformers.__version__,
-                  python=platform.python_version(), cpu=platform.processor() or platform.machine(),
+    record = dict(benchmark="gpt2_step", transformers=transformers.__version__,
                   threads=torch.get_num_threads(), size=args.size, model_config=dataclasses.asdict(cfg),
                   shapes=dict(batch_size=args.batch_size, seq_len=args.seq_len), warmup=args.warmup,
-                  repeats=args.repeats, git_commit=commit, git_dirty=dirty, load_average_before=load_before,
-                  load_average_after=os.getloadavg(), results=results, hf_over_ours_time=ratio)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.output}")
+                  repeats=args.repeats, load_average_before=load_before, load_average_after=load_average(),
+                  results=results, hf_over_ours_time=ratio)
+    write_results(record, args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -30,24 +30,20 @@ Prints a table and writes JSON to ``benchmarks/results/grouped_conv.json``.
 
     .venv/bin/python benchmarks/bench_grouped_conv.py --threads 2 --segments 3
 
-writes ``benchmarks/results/grouped_conv_segments.json``.
+writes ``benchmarks/results/grouped_conv_segments.json``. ``--smoke`` (either mode): batch 1 x 16 x 32,
+one round after one warm-up.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py, beside this script)
+from common import RESULTS, cpu_name, load_average, median, parse_args, time_rounds, write_results  # noqa: E402
 
 from custom_ops import _build  # noqa: E402
 from custom_ops.grouped_conv import (grouped_conv1d, grouped_conv1d_reference,  # noqa: E402
@@ -56,7 +52,7 @@ from custom_ops.grouped_conv import (grouped_conv1d, grouped_conv1d_reference,  
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
-def parse_args():
+def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
@@ -69,12 +65,12 @@ def parse_args():
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--segments", type=int, default=0,
                    help="packed rows: cut each row into this many runs (0: whole rows, the default benchmark)")
-    p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/grouped_conv.json, "
-                                                  "or grouped_conv_segments.json with --segments)")
-    args = p.parse_args()
-    if args.output is None:
-        name = "grouped_conv_segments.json" if args.segments else "grouped_conv.json"
-        args.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
+    args = parse_args(p, argv, default_output=None,
+                      smoke=dict(batch_size=1, seq_len=16, hidden=32, repeats=1, warmup=1),
+                      output_help="default benchmarks/results/grouped_conv.json, or grouped_conv_segments.json with "
+                                  "--segments")
+    if args.output is None and not args.smoke:  # benchmarks/results/grouped_conv[_segments].json
+        args.output = RESULTS / ("grouped_conv_segments.json" if args.segments else "grouped_conv.json")
     return args
 
 
@@ -89,35 +85,13 @@ def retain_freed_memory() -> bool:
         (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 64 << 20), (M_MMAP_THRESHOLD, 32 << 20)))
 
 
-def run_cases(cases: dict, args) -> dict:
-    """Interleaved timing: after the warm-up, every case once per round; name -> list of seconds."""
-    for _ in range(args.warmup):
-        for run in cases.values():
-            run()
-    times = {name: [] for name in cases}
-    for _ in range(args.repeats):
-        for name, run in cases.items():
-            t = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t)
-    return times
-
-
 def time_cases(cases: dict, args) -> dict:
-    times = run_cases(cases, args)
-    med = {name: statistics.median(ts) for name, ts in times.items()}
+    times = time_rounds(cases, args.repeats, args.warmup)
+    med = {name: median(ts) for name, ts in times.items()}
     return {"speedup": {"fwd+bwd": med["conv1d fwd+bwd"] / med["ours fwd+bwd"],
                         "fwd": med["conv1d fwd"] / med["ours fwd"]},
             "results": {name: {"median_ms": 1e3 * med[name], "min_ms": 1e3 * min(ts), "times_s": ts}
                         for name, ts in times.items()}}
-
-
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        return None
 
 
 def random_segment_ids(B: int, T: int, n: int, g: torch.Generator) -> torch.Tensor:
@@ -167,13 +141,13 @@ def main_segments(args):
 
     cases = {f"{name} {kind}": (fwd_bwd if kind == "fwd+bwd" else fwd)(fn)
              for kind in ("fwd+bwd", "fwd") for name, fn in paths.items()}
-    load_before = list(os.getloadavg())
+    load_before = load_average()
     phases = {}
     for phase in ("default allocator", "retained allocator"):
         if phase == "retained allocator" and not retain_freed_memory():
             break
-        times = run_cases(cases, args)
-        med = {name: statistics.median(ts) for name, ts in times.items()}
+        times = time_rounds(cases, args.repeats, args.warmup)
+        med = {name: median(ts) for name, ts in times.items()}
         phases[phase] = {
             "reference / ours segments": {k: med[f"reference segments {k}"] / med[f"ours segments {k}"]
                                           for k in ("fwd+bwd", "fwd")},
@@ -181,7 +155,7 @@ def main_segments(args):
                                                  for k in ("fwd+bwd", "fwd")},
             "results": {name: {"median_ms": 1e3 * med[name], "min_ms": 1e3 * min(ts), "times_s": ts}
                         for name, ts in times.items()}}
-    load_after = list(os.getloadavg())
+    load_after = load_average()
 
     threads = torch.get_num_threads()
     runs = [[int(n) for n in torch.unique_consecutive(row, return_counts=True)[1]] for row in ids]
@@ -198,19 +172,16 @@ def main_segments(args):
                   f"{res['ours unsegmented ' + kind]['median_ms']:9.3f} "
                   f"{r['reference / ours segments'][kind]:8.2f}x {r['ours segments / ours unsegmented'][kind]:9.2f}x")
     print("max |ours - reference|: " + ", ".join(f"{k} {v:.2e}" for k, v in max_diff.items()))
-    out = {"benchmark": "grouped_conv_segments", "torch": torch.__version__, "python": platform.python_version(),
-           "device": "cpu", "cpu": cpu_name(), "threads": threads, "dtype": args.dtype, "git_commit": git_commit(),
-           "shape": {"batch": B, "seq": T, "hidden": H, "kernel": K, "groups": G, "segments_per_row": args.segments},
-           "run_lengths": runs, "repeats": args.repeats, "load_average_before": load_before,
-           "load_average_at_end": load_after, "max_abs_diff": max_diff, "phases": phases}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.output}")
+    write_results({"benchmark": "grouped_conv_segments", "device": "cpu", "threads": threads, "dtype": args.dtype,
+                   "shape": {"batch": B, "seq": T, "hidden": H, "kernel": K, "groups": G,
+                             "segments_per_row": args.segments},
+                   "run_lengths": runs, "repeats": args.repeats, "load_average_before": load_before,
+                   "load_average_at_end": load_after, "max_abs_diff": max_diff, "phases": phases},
+                  args.output, smoke=args.smoke)
 
 
 def main():
-    args = parse_args()
+    args = cli()
     if args.threads:
         torch.set_num_threads(args.threads)
     _build.set_mode("on")  # a benchmark of the C++ op: fail rather than time the reference twice
@@ -251,11 +222,11 @@ def main():
 
     cases = {"ours fwd+bwd": fwd_bwd(paths["ours"]), "conv1d fwd+bwd": fwd_bwd(paths["conv1d"]),
              "ours fwd": fwd(paths["ours"]), "conv1d fwd": fwd(paths["conv1d"])}
-    load_before = list(os.getloadavg())
+    load_before = load_average()
     phases = {"default allocator": time_cases(cases, args)}
     if retain_freed_memory():
         phases["retained allocator"] = time_cases(cases, args)
-    load_after = list(os.getloadavg())
+    load_after = load_average()
 
     threads = torch.get_num_threads()
     print(f"\ngrouped conv1d [B={B}, T={T}, H={H}], K={K}, {G} groups of {H // G}, {args.dtype}, cpu "
@@ -267,16 +238,10 @@ def main():
             print(f"{phase:20s} {kind:8s} {r['results']['ours ' + kind]['median_ms']:9.3f} "
                   f"{r['results']['conv1d ' + kind]['median_ms']:10.3f} {r['speedup'][kind]:8.2f}x")
     print("max |ours - conv1d|: " + ", ".join(f"{k} {v:.2e}" for k, v in max_diff.items()))
-    commit = git_commit()
-    out = {"benchmark": "grouped_conv", "torch": torch.__version__, "python": platform.python_version(),
-           "device": "cpu", "cpu": cpu_name(), "threads": threads, "dtype": args.dtype, "git_commit": commit,
-           "shape": {"batch": B, "seq": T, "hidden": H, "kernel": K, "groups": G},
-           "repeats": args.repeats, "load_average_before": load_before, "load_average_at_end": load_after,
-           "max_abs_diff": max_diff, "phases": phases}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.output}")
+    write_results({"benchmark": "grouped_conv", "device": "cpu", "threads": threads, "dtype": args.dtype,
+                   "shape": {"batch": B, "seq": T, "hidden": H, "kernel": K, "groups": G},
+                   "repeats": args.repeats, "load_average_before": load_before, "load_average_at_end": load_after,
+                   "max_abs_diff": max_diff, "phases": phases}, args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -8,22 +8,19 @@ per measured step; with ``logging.update_metrics_every: N`` it is paid every N s
 
     .venv/bin/python benchmarks/bench_optimizers.py --repeats 5
 
-Prints tables and writes JSON to ``benchmarks/results/optimizers.json``.
+Prints tables and writes JSON to ``benchmarks/results/optimizers.json``. ``--smoke``: a one-layer H64
+GroupBERT for both tables (batch 2 x 32 for the metrics), one round, no warm-up.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+from common import RESULTS, load_average, median, parse_args, time_rounds, write_results  # noqa: E402
 
 from groupbert.config import ModelConfig  # noqa: E402
 from groupbert.models import GroupBertForPreTraining  # noqa: E402
@@ -31,18 +28,21 @@ from optimizers import param_groups  # noqa: E402
 from optimizers.registry import create_optimizer  # noqa: E402
 from optimizers.update_metrics import UpdateMetrics  # noqa: E402
 
-BASE = dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
-MINI = dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
+SIZES = {"base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+         "mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+         "tiny": dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, vocab_size=1024)}  # --smoke
 
 
-def parse_args():
+def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                     "optimizers.json"))
-    return p.parse_args()
+    p.add_argument("--size", choices=sorted(SIZES), default="base", help="parameter set of the optimizer table")
+    p.add_argument("--metrics-size", choices=sorted(SIZES), default="mini", help="model of the metrics table")
+    p.add_argument("--metrics-batch", type=int, nargs=2, default=[16, 128], metavar=("B", "T"))
+    return parse_args(p, argv, default_output=RESULTS / "optimizers.json",
+                      smoke=dict(repeats=1, warmup=0, size="tiny", metrics_size="tiny", metrics_batch=[2, 32]))
 
 
 def optimizer_factories():
@@ -61,7 +61,7 @@ def optimizer_factories():
 
 
 def bench_steps(args) -> dict:
-    model = GroupBertForPreTraining(ModelConfig(type="groupbert", **BASE))
+    model = GroupBertForPreTraining(ModelConfig(type="groupbert", **SIZES[args.size]))
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     g = torch.Generator().manual_seed(0)
     grads = [torch.randn(p.shape, generator=g) * 1e-3 for p in model.parameters()]
@@ -71,31 +71,25 @@ def bench_steps(args) -> dict:
         for p, gr in zip(params, grads):
             p.grad = gr
         opt = make([{"params": params, "weight_decay": 0.01}])
-        for _ in range(args.warmup):
+        for _ in range(args.warmup):  # each alone, before any is timed: the state tensors get allocated
             opt.step()
         states[name] = opt
-    times = {name: [] for name in states}
-    for _ in range(args.repeats):
-        for name, opt in states.items():
-            t = time.perf_counter()
-            opt.step()
-            times[name].append(time.perf_counter() - t)
-    ref = statistics.median(times["torch-adamw"])
-    fused = statistics.median(times["torch-adamw-fused"])
-    return {"params": n_params, "results": {
-        name: {"times_s": ts, "median_s": statistics.median(ts),
-               "vs_torch_default": statistics.median(ts) / ref,
-               "vs_torch_foreach": statistics.median(ts) / statistics.median(times["torch-adamw-foreach"]), "vs_torch_fused": statistics.median(ts) / fused}
+    times = time_rounds({name: opt.step for name, opt in states.items()}, args.repeats)
+    ref, foreach, fused = (median(times[k]) for k in ("torch-adamw", "torch-adamw-foreach", "torch-adamw-fused"))
+    return {"params": n_params, "size": args.size, "results": {
+        name: {"times_s": ts, "median_s": median(ts), "vs_torch_default": median(ts) / ref,
+               "vs_torch_foreach": median(ts) / foreach, "vs_torch_fused": median(ts) / fused}
         for name, ts in times.items()}}
 
 
 def bench_update_metrics(args) -> dict:
     torch.manual_seed(0)
-    model = GroupBertForPreTraining(ModelConfig(type="groupbert", **MINI))
+    cfg = ModelConfig(type="groupbert", **SIZES[args.metrics_size])
+    model = GroupBertForPreTraining(cfg)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4)
-    B, T, P = 16, 128, 20
-    batch = dict(input_ids=torch.randint(1000, 30000, (B, T)), masked_lm_positions=torch.randint(1, T, (B, P)),
-                 masked_lm_labels=torch.randint(1000, 30000, (B, P)), next_sentence_label=torch.randint(0, 2, (B,)))
+    (B, T), P, top = args.metrics_batch, 20, min(30000, cfg.vocab_size)
+    batch = dict(input_ids=torch.randint(1000, top, (B, T)), masked_lm_positions=torch.randint(1, T, (B, P)),
+                 masked_lm_labels=torch.randint(1000, top, (B, P)), next_sentence_label=torch.randint(0, 2, (B,)))
     metrics = UpdateMetrics(model, every=1)
 
     def step(measure: bool, i: int):
@@ -110,26 +104,22 @@ def bench_update_metrics(args) -> dict:
             metrics.after_update()
     for i in range(args.warmup):
         step(True, i + 1)
-    plain, measured = [], []
-    for i in range(args.repeats):
-        t = time.perf_counter()
-        step(False, i + 1)
-        plain.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        step(True, i + 1)
-        measured.append(time.perf_counter() - t)
-    p, m = statistics.median(plain), statistics.median(measured)
-    return {"model": "GroupBERT mini (H256 L4)", "batch": [B, T], "plain_step_s": p, "measured_step_s": m,
-            "overhead_per_measured_step": m / p - 1.0}
+    rounds = iter(range(1, args.repeats + 1))
+    times = time_rounds({"plain": lambda: step(False, 0), "measured": lambda: step(True, next(rounds))},
+                        args.repeats)
+    p, m = median(times["plain"]), median(times["measured"])
+    size = SIZES[args.metrics_size]
+    return {"model": f"GroupBERT {args.metrics_size} (H{size['hidden_size']} L{size['num_layers']})", "batch": [B, T],
+            "plain_step_s": p, "measured_step_s": m, "overhead_per_measured_step": m / p - 1.0}
 
 
 def main():
-    args = parse_args()
+    args = cli()
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = bench_steps(args)
     overhead = bench_update_metrics(args)
-    print(f"\noptimizer step over GroupBERT Base ({steps['params'] / 1e6:.1f}M params), cpu, "
+    print(f"\noptimizer step over GroupBERT {args.size} ({steps['params'] / 1e6:.1f}M params), cpu, "
           f"{torch.get_num_threads()} threads, fp32, median of {args.repeats}")
     print(f"{'optimizer':22s} {'s/step':>8s} {'vs torch':>9s} {'vs foreach':>11s} {'vs fused':>9s}")
     for name, r in steps["results"].items():
@@ -138,18 +128,9 @@ def main():
     print(f"\nupdate-size metrics on a {overhead['model']} training step: {overhead['plain_step_s']:.3f} s -> "
           f"{overhead['measured_step_s']:.3f} s (+{100 * overhead['overhead_per_measured_step']:.0f}% per "
           f"measured step)")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = None
-    out = {"benchmark": "optimizers", "torch": torch.__version__, "python": platform.python_version(),
-           "device": "cpu", "threads": torch.get_num_threads(), "dtype": "float32", "git_commit": commit,
-           "load_average_at_end": list(os.getloadavg()), "optimizer_step": steps, "update_metrics": overhead}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.output}")
+    write_results({"benchmark": "optimizers", "device": "cpu", "threads": torch.get_num_threads(), "dtype": "float32",
+                   "load_average_at_end": load_average(), "optimizer_step": steps, "update_metrics": overhead},
+                  args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -8,20 +8,21 @@ and 384) and for the SQuAD features of the shipped SQuAD-format training set at 
 
     .venv/bin/python benchmarks/bench_packing.py
 
-Prints the table and writes JSON to ``benchmarks/results/packing.json``.
+Prints the table and writes JSON to ``benchmarks/results/packing.json``. ``--smoke``: the first 4 documents
+of the sample (prepared into a temporary cache) and SQuAD features of the first 8 training examples.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import RESULTS, parse_args, write_results  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -29,19 +30,20 @@ from groupbert.config import load_config  # noqa: E402
 from groupbert.data.packing import padded_efficiency, spfhp  # noqa: E402
 
 
-def pretraining_lengths(config: str) -> list[int]:
+def pretraining_lengths(config: str, cache_dir: Path, max_documents: int | None) -> list[int]:
     from groupbert.training.pretrain import prepare_data
-    cfg = load_config(ROOT / config, [f"data.cache_dir={ROOT / '.cache' / 'datasets'}", "data.packing=false"])
+    cfg = load_config(ROOT / config, [f"data.cache_dir={cache_dir}", "data.packing=false"]
+                      + ([f"data.max_documents={max_documents}"] if max_documents else []))
     train, _, _, _ = prepare_data(cfg, show_progress=False)
     return train.sequences(np.arange(len(train)), epoch=0)["attention_mask"].sum(1).tolist()
 
 
-def squad_lengths(seq_len: int) -> list[int]:
+def squad_lengths(seq_len: int, max_examples: int | None) -> list[int]:
     from groupbert.data import bundled_vocab_file, load_wordpiece
     from groupbert.squad.dataset import load_squad
     from groupbert.squad.features import build_features
     tokenizer = load_wordpiece(bundled_vocab_file(), lowercase=True)
-    examples, _ = load_squad(None, "train", None)
+    examples, _ = load_squad(None, "train", max_examples)
     features = build_features(examples, tokenizer, training=True, seq_len=seq_len, doc_stride=128,
                               max_query_length=64)
     return [int(m.sum()) for m in features.model_inputs(True)["attention_mask"]]
@@ -50,13 +52,24 @@ def squad_lengths(seq_len: int) -> list[int]:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--max-per-pack", type=int, default=3)
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "packing.json"))
-    args = p.parse_args()
+    p.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "datasets",
+                   help="prepared-data cache (--smoke: a temporary one)")
+    p.add_argument("--max-documents", type=int, default=None, help="first N documents of the sample (default: all)")
+    p.add_argument("--max-examples", type=int, default=None, help="first N SQuAD examples (default: all)")
+    args = parse_args(p, default_output=RESULTS / "packing.json",
+                      smoke=dict(cache_dir=None, max_documents=4, max_examples=8))
+    cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="bench-packing-"))
+    try:
+        cases = [("wikipedia MLM+NSP (tiny_phase1.yaml)", 128,
+                  pretraining_lengths("configs/groupbert/tiny_phase1.yaml", cache, args.max_documents)),
+                 ("wikipedia MLM+NSP (tiny_phase2.yaml)", 384,
+                  pretraining_lengths("configs/groupbert/tiny_phase2.yaml", cache, args.max_documents)),
+                 ("SQuAD features (shipped train set)", 384, squad_lengths(384, args.max_examples))]
+    finally:
+        if args.cache_dir is None:
+            shutil.rmtree(cache, ignore_errors=True)
     rows = []
-    for name, seq_len, lengths in (
-            ("wikipedia MLM+NSP (tiny_phase1.yaml)", 128, pretraining_lengths("configs/groupbert/tiny_phase1.yaml")),
-            ("wikipedia MLM+NSP (tiny_phase2.yaml)", 384, pretraining_lengths("configs/groupbert/tiny_phase2.yaml")),
-            ("SQuAD features (shipped train set)", 384, squad_lengths(384))):
+    for name, seq_len, lengths in cases:
         t = time.perf_counter()
         plan = spfhp(lengths, seq_len, args.max_per_pack)
         rows.append({"data": name, "seq_len": seq_len, "sequences": len(lengths),
@@ -67,11 +80,9 @@ def main():
     for r in rows:
         print(f"{r['data']:<40} {r['seq_len']:>4} {r['sequences']:>6} {r['mean_length']:>8.1f} "
               f"{r['padded_efficiency']:>7.3f} {r['packed_efficiency']:>7.3f} {r['packing_factor']:>7.2f}")
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    Path(args.output).write_text(json.dumps({"benchmark": "packing", "algorithm": "SPFHP",
-                                             "max_per_pack": args.max_per_pack, "git_commit": commit,
-                                             "results": rows}, indent=1) + "\n")
-    print(f"wrote {os.path.relpath(args.output, ROOT)}")
+    write_results({"benchmark": "packing", "algorithm": "SPFHP", "max_per_pack": args.max_per_pack,
+                   "max_documents": args.max_documents, "max_examples": args.max_examples, "results": rows},
+                  args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":

