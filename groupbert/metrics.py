@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from groupbert.data.columns import IGNORE_INDEX
 
 
 @torch.no_grad()

@@ -22,9 +22,8 @@ from typing import Optional
 
 import numpy as np
 
+from groupbert.data.columns import IGNORE_INDEX
 from groupbert.data.tokenizer import SpecialIds
-
-IGNORE_INDEX = -100
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)

@@ -9,9 +9,9 @@ millions of sequences takes milliseconds.
 
 Here: the plan (:func:`spfhp`), the assignment of actual sequences to rows (:func:`assign_rows`), and
 the packed MLM + NSP columns (:func:`pack_pretraining_columns`, :func:`pack_pretraining_dataset`). A packed
-row carries, besides the concatenated tokens, ``position_ids`` restarting at 0 for each sequence,
-``attention_mask`` numbering its sequences 1..S (0 = padding), ``cls_positions`` [S] and one NSP label per
-sequence (-100 in empty slots); the models (``groupbert/models/bert.py``) then keep attention, the
+row carries, besides the concatenated tokens, ``segment_ids`` numbering its sequences 1..S (0 = padding),
+``position_ids`` restarting at 0 for each sequence, ``cls_positions`` [S] and one NSP label per sequence
+(-100 in empty slots) (``groupbert.data.columns.PACKED_MASKED_LM``); the models then keep attention, the
 GroupBERT convolution and the losses inside each sequence, so packed and unpacked training compute the
 same losses and gradients on the same sequences.
 """
@@ -24,21 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from groupbert.data.columns import IGNORE_INDEX, PACKED_MASKED_LM
+
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
-#: Columns of a packed MLM + NSP row (T = seq_len, P = max predictions per row, S = max sequences per row).
-PACKED_COLUMNS = {
-    "input_ids": "[T] the sequences' tokens one after another, [PAD]-padded",
-    "token_type_ids": "[T] each sequence's own segment A/B ids, 0 for padding",
-    "attention_mask": "[T] sequence number 1..S of each token, 0 for padding",
-    "position_ids": "[T] position within its own sequence (0 at each [CLS]), 0 for padding",
-    "masked_lm_positions": "[P] row positions of all masked tokens, padded with 0",
-    "masked_lm_labels": f"[P] their original ids, padded with {IGNORE_INDEX}",
-    "cls_positions": "[S] row position of each sequence's [CLS], 0 in empty slots",
-    "next_sentence_label": f"[S] each sequence's NSP label, {IGNORE_INDEX} in empty slots",
-}
-
 
 @dataclass(frozen=True)
 class PackingPlan:
@@ -180,8 +168,8 @@ class PackedLayout:
         return k, t, self.offset[k] + t
 
     def pack_tokens(self, columns: dict, pad_values: dict | None = None) -> dict:
-        """[N, T] per-token columns -> [rows, T], plus ``attention_mask`` (sequence numbers 1..S, 0 =
-        padding) and ``position_ids`` (0 at each sequence's start)."""
+        """[N, T] per-token columns -> [rows, T], plus ``segment_ids`` (sequence numbers 1..S, 0 =
+        padding), ``attention_mask`` (1 at real tokens) and ``position_ids`` (0 at each sequence's start)."""
         k, t, pos = self.token_index()
         rows = self.row[k]
         out = {}
@@ -189,8 +177,9 @@ class PackedLayout:
             col = np.asarray(col)
             out[name] = np.full((self.num_rows, self.seq_len), (pad_values or {}).get(name, 0), col.dtype)
             out[name][rows, pos] = col[self.src[k], t]
-        out["attention_mask"] = np.zeros((self.num_rows, self.seq_len), np.int64)
-        out["attention_mask"][rows, pos] = self.slot[k] + 1
+        out["segment_ids"] = np.zeros((self.num_rows, self.seq_len), np.int64)
+        out["segment_ids"][rows, pos] = self.slot[k] + 1
+        out["attention_mask"] = (out["segment_ids"] > 0).astype(np.int64)
         out["position_ids"] = np.zeros((self.num_rows, self.seq_len), np.int64)
         out["position_ids"][rows, pos] = t
         return out
@@ -253,7 +242,7 @@ def _ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pack_pretraining_columns(columns: dict, pad_id: int, max_per_pack: int = 3, max_predictions: int | None = None,
                              mask_prob: float = 0.15, seed: int = 0) -> tuple[dict, PackingPlan]:
     """Unpacked MLM + NSP columns (``groupbert.data.pretraining.COLUMNS``, numpy) -> packed columns
-    (:data:`PACKED_COLUMNS`) and the plan. Vectorised: no Python loop over rows or sequences."""
+    (``columns.PACKED_MASKED_LM``) and the plan. Vectorised: no Python loop over rows or sequences."""
     T = np.asarray(columns["input_ids"]).shape[1]
     layout, plan = pack_layout(sequence_lengths(columns["attention_mask"]), T, max_per_pack, seed)
     labels = np.asarray(columns["masked_lm_labels"])
@@ -296,8 +285,9 @@ def pack_pretraining_dataset(dataset, pad_id: int, max_per_pack: int = 3, mask_p
                 100 * padded_efficiency(np.asarray(columns["attention_mask"]).astype(bool).sum(1), plan.seq_len),
                 100 * plan.efficiency)
     T, P, S = plan.seq_len, packed["masked_lm_positions"].shape[1], max_per_pack
-    fixed = {"input_ids": T, "token_type_ids": T, "attention_mask": T, "position_ids": T,
+    fixed = {"input_ids": T, "token_type_ids": T, "attention_mask": T, "segment_ids": T, "position_ids": T,
              "masked_lm_positions": P, "masked_lm_labels": P, "cls_positions": S, "next_sentence_label": S}
+    assert set(fixed) == set(PACKED_MASKED_LM)
     features = datasets.Features({k: datasets.List(datasets.Value("int32"), length=n) for k, n in fixed.items()})
     return datasets.Dataset.from_dict({k: packed[k].astype(np.int32) for k in fixed},
                                       features=features).with_format("torch")

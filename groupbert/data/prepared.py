@@ -10,7 +10,7 @@ space over all of them, batches gathered by index.
   that is cut into blocks of ``seq_len`` (the last partial block is dropped; a block may span two shards).
 
 Both expose ``len()``, ``num_sequences`` and ``gather(indices, epoch)`` -> dict of int64 numpy arrays in the
-models' column layout (``groupbert.data.pretraining.COLUMNS`` / ``packing.PACKED_COLUMNS``);
+models' column layout (``groupbert.data.columns``: ``MASKED_LM`` / ``PACKED_MASKED_LM`` / ``CAUSAL_LM``);
 ``groupbert.data.loader`` draws the indices (a fresh global permutation per epoch) and deals them to ranks.
 
 Opening checks every shard against the manifest (present, its exact size, readable, its row or token

@@ -48,7 +48,8 @@ import numpy as np
 
 from groupbert.data.corpus import Document
 from groupbert.data.errors import DataError
-from groupbert.data.masking import IGNORE_INDEX, MaskingSpec, hash_key, mask_rows
+from groupbert.data.columns import IGNORE_INDEX, MASKED_LM
+from groupbert.data.masking import MaskingSpec, hash_key, mask_rows
 from groupbert.data.tokenizer import _as_tokenizer, special_ids
 
 logger = logging.getLogger(__name__)
@@ -57,15 +58,7 @@ __all__ = ["COLUMNS", "IGNORE_INDEX", "Instances", "TokenizedDocuments", "build_
            "build_pretraining_dataset", "continuation_table", "pad_rows", "plain_tokenizer",
            "static_mask", "static_mask_keys", "tokenize_documents", "validate_settings"]
 
-# Columns of one unpacked training row (seq = seq_len, P = max_predictions), as the models take them.
-COLUMNS = {
-    "input_ids": "[seq] token ids, [PAD]-padded",
-    "token_type_ids": "[seq] 0 for [CLS] A [SEP], 1 for B [SEP], 0 for padding",
-    "attention_mask": "[seq] 1 for real tokens, 0 for padding",
-    "masked_lm_positions": "[P] positions of the masked tokens, ascending, padded with 0",
-    "masked_lm_labels": f"[P] original token ids at those positions, padded with {IGNORE_INDEX}",
-    "next_sentence_label": "scalar: 0 = B continues A, 1 = B is from a random document",
-}
+COLUMNS = MASKED_LM   # one unpacked training row (groupbert.data.columns)
 _TOKENIZE_BATCH = 4096   # sentences per encode_batch call (bounds the Encoding objects alive)
 _STATIC_MASK_TAG = 0x5A17C   # keeps static-mask keys apart from dynamic ones (masking.hash_key)
 

@@ -18,11 +18,12 @@ Choices that differ from HF without changing the numbers:
 - the word embedding has no ``padding_idx`` (Google's BERT has none; HF freezes the [PAD] row).
 
 Packed rows (several sequences in one row, Krell et al. 2021, arXiv:2107.02027; built by
-``groupbert.data.packing``) are the same model with three extra inputs: ``position_ids`` restart at 0 for
-each sequence, ``attention_mask`` holds each token's sequence number (1, 2, ...; 0 = padding) and makes
-attention block-diagonal, and ``cls_positions`` [B, S] says where each sequence's [CLS] is, so the pooler
-and NSP head give one prediction per sequence (labels -100 in empty slots). Every sequence then gets the
-numbers it would get alone in a row: losses and gradients equal the unpacked ones.
+``groupbert.data.packing``) are the same model with three more inputs (``groupbert.data.columns``):
+``segment_ids`` [B, T], each token's sequence number (1, 2, ...; 0 = padding), which makes attention
+block-diagonal and marks a row as packed; ``position_ids``, restarting at 0 for each sequence; and
+``cls_positions`` [B, S], where each sequence's [CLS] is, so the pooler and NSP head give one prediction
+per sequence (labels -100 in empty slots). Every sequence then gets the numbers it would get alone in a
+row: losses and gradients equal the unpacked ones.
 """
 from __future__ import annotations
 
@@ -36,16 +37,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from groupbert.config import ModelConfig
+from groupbert.data.columns import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100   # label of padding slots in masked_lm_labels (HF / torch cross_entropy default)
 MASK_VALUE = -10000.0  # additive attention mask for padded keys, as google-research/bert
 
 
 class EncoderOutput(NamedTuple):
-    last_hidden_state: Tensor  # [B, T, H]
-    pooler_output: Tensor      # [B, H], tanh(dense(h_[CLS]))
+    last_hidden_state: Tensor         # [B, T, H]
+    pooler_output: Optional[Tensor]   # [B, H] tanh(dense(h_[CLS])) ([B, S, H] packed); None without a pooler
 
 
 class PreTrainingOutput(NamedTuple):
@@ -79,15 +80,13 @@ def packed_attention_mask(sequence_ids: Tensor, dtype: torch.dtype) -> Tensor:
     return (~keep)[:, None].to(dtype) * MASK_VALUE
 
 
-def encoder_masks(input_ids: Tensor, attention_mask: Optional[Tensor], packed: bool,
+def encoder_masks(input_ids: Tensor, attention_mask: Optional[Tensor], segment_ids: Optional[Tensor],
                   dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(additive attention mask, [B, T] bool padding mask): over keys for one sequence per row,
-    block-diagonal for packed rows (``attention_mask`` then numbers the sequences)."""
+    block-diagonal for packed rows (``segment_ids`` given)."""
+    if segment_ids is not None:
+        return packed_attention_mask(segment_ids, dtype), segment_ids > 0
     pad_mask = padding_mask(input_ids, attention_mask)
-    if packed:
-        if attention_mask is None:
-            raise ValueError("packed rows (position_ids given) need attention_mask numbering their sequences")
-        return packed_attention_mask(attention_mask, dtype), pad_mask
     return additive_attention_mask(pad_mask, dtype), pad_mask
 
 
@@ -302,12 +301,12 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
-                cls_positions: Optional[Tensor] = None) -> EncoderOutput:
-        """``position_ids`` given = packed rows (module docstring)."""
+                cls_positions: Optional[Tensor] = None, segment_ids: Optional[Tensor] = None) -> EncoderOutput:
+        """``segment_ids`` given = packed rows (module docstring)."""
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # B, T, H
-        attn_mask, _ = encoder_masks(input_ids, attention_mask, position_ids is not None, x.dtype)
+        attn_mask, _ = encoder_masks(input_ids, attention_mask, segment_ids, x.dtype)
         x = self.encoder(x, attn_mask)
-        return EncoderOutput(x, self.pooler(x, cls_positions))
+        return EncoderOutput(x, self.pooler(x, cls_positions) if self.pooler is not None else None)
 
     @classmethod
     def from_pretrained_dir(cls, path: str, strict: bool = True) -> "BertModel":
@@ -373,8 +372,9 @@ class BertForPreTraining(nn.Module):
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, masked_lm_positions: Optional[Tensor] = None,
                 masked_lm_labels: Optional[Tensor] = None, next_sentence_label: Optional[Tensor] = None,
-                position_ids: Optional[Tensor] = None, cls_positions: Optional[Tensor] = None) -> PreTrainingOutput:
-        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cls_positions)
+                position_ids: Optional[Tensor] = None, cls_positions: Optional[Tensor] = None,
+                segment_ids: Optional[Tensor] = None) -> PreTrainingOutput:
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cls_positions, segment_ids)
         mlm_logits, nsp_logits = self.cls(hidden, pooled, masked_lm_positions)
         return pretraining_loss(mlm_logits, nsp_logits, masked_lm_labels, next_sentence_label)
 

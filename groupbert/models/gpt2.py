@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from groupbert.config import ModelConfig
-from groupbert.models.bert import IGNORE_INDEX
+from groupbert.data.columns import IGNORE_INDEX
 from groupbert.models.bert import _from_pretrained_dir as _load_pretrained_dir
 
 logger = logging.getLogger(__name__)

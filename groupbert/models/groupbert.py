@@ -250,13 +250,12 @@ class GroupBertModel(nn.Module):
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
-                cls_positions: Optional[Tensor] = None) -> EncoderOutput:
-        """``position_ids`` given = packed rows, ``attention_mask`` numbering their sequences (bert.py)."""
+                cls_positions: Optional[Tensor] = None, segment_ids: Optional[Tensor] = None) -> EncoderOutput:
+        """``segment_ids`` given = packed rows: attention and the conv stay inside each sequence (bert.py)."""
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # B, T, H
-        packed = position_ids is not None
-        attn_mask, pad_mask = encoder_masks(input_ids, attention_mask, packed, x.dtype)
-        x = self.encoder(x, attn_mask, pad_mask, attention_mask if packed else None)
-        return EncoderOutput(x, self.pooler(x, cls_positions))
+        attn_mask, pad_mask = encoder_masks(input_ids, attention_mask, segment_ids, x.dtype)
+        x = self.encoder(x, attn_mask, pad_mask, segment_ids)
+        return EncoderOutput(x, self.pooler(x, cls_positions) if self.pooler is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +276,8 @@ class GroupBertForPreTraining(nn.Module):
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, masked_lm_positions: Optional[Tensor] = None,
                 masked_lm_labels: Optional[Tensor] = None, next_sentence_label: Optional[Tensor] = None,
-                position_ids: Optional[Tensor] = None, cls_positions: Optional[Tensor] = None) -> PreTrainingOutput:
-        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cls_positions)
+                position_ids: Optional[Tensor] = None, cls_positions: Optional[Tensor] = None,
+                segment_ids: Optional[Tensor] = None) -> PreTrainingOutput:
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cls_positions, segment_ids)
         mlm_logits, nsp_logits = self.cls(hidden, pooled, masked_lm_positions)
         return pretraining_loss(mlm_logits, nsp_logits, masked_lm_labels, next_sentence_label)

@@ -6,8 +6,8 @@ the loss is the mean of the start and end cross-entropies (HF, google-research/b
 each a softmax over the positions of the feature's own tokens: padding is left out (HF and Google include
 the padded positions; the logits and predictions are the same either way), which is what lets a packed
 row of several features (``groupbert.data.packing``) give every feature exactly its unpacked loss. Packed
-rows carry ``position_ids``, ``attention_mask`` numbering the features 1..S, and start/end positions
-[B, S] within the row (-100 in empty slots).
+rows carry ``segment_ids`` numbering the features 1..S, ``position_ids``, and start/end positions [B, S]
+within the row (-100 in empty slots).
 
 Initialisation (:func:`load_qa_init`): our pretraining checkpoints (run or step directory; encoder
 weights only, heads new), a Hugging Face BERT checkpoint directory (``config.json`` +
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from groupbert.config import ConfigError, ModelConfig
-from groupbert.models.bert import IGNORE_INDEX, BertModel, encoder_masks, from_hf_config, load_hf_state_dict
+from groupbert.data.columns import IGNORE_INDEX
+from groupbert.models.bert import BertModel, from_hf_config, load_hf_state_dict
 from groupbert.models.groupbert import GroupBertModel
 
 logger = logging.getLogger(__name__)
@@ -58,28 +59,20 @@ class BertForQuestionAnswering(nn.Module):
         nn.init.trunc_normal_(self.qa_outputs.weight, std=std, a=-2 * std, b=2 * std)
         nn.init.zeros_(self.qa_outputs.bias)
 
-    def encode(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
-               attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None) -> Tensor:
-        x = self.bert.embeddings(input_ids, token_type_ids, position_ids)  # B, T, H
-        packed = position_ids is not None
-        attn_mask, pad_mask = encoder_masks(input_ids, attention_mask, packed, x.dtype)
-        if isinstance(self.bert, GroupBertModel):
-            return self.bert.encoder(x, attn_mask, pad_mask, attention_mask if packed else None)
-        return self.bert.encoder(x, attn_mask)
-
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, start_positions: Optional[Tensor] = None,
-                end_positions: Optional[Tensor] = None, position_ids: Optional[Tensor] = None) -> QAOutput:
-        """``position_ids`` given = packed rows (module docstring)."""
-        h = self.encode(input_ids, token_type_ids, attention_mask, position_ids)
+                end_positions: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
+                segment_ids: Optional[Tensor] = None) -> QAOutput:
+        """``segment_ids`` given = packed rows of several features (module docstring)."""
+        h = self.bert(input_ids, token_type_ids, attention_mask, position_ids, segment_ids=segment_ids)[0]
         logits = self.qa_outputs(h)                       # B, T, 2
         start_logits, end_logits = logits.float().unbind(-1)  # B, T each
         loss = None
         if start_positions is not None and end_positions is not None:
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            loss = (span_loss(start_logits, start_positions, attention_mask) +
-                    span_loss(end_logits, end_positions, attention_mask)) / 2
+            features = segment_ids if segment_ids is not None else (
+                attention_mask if attention_mask is not None else torch.ones_like(input_ids))
+            loss = (span_loss(start_logits, start_positions, features) +
+                    span_loss(end_logits, end_positions, features)) / 2
         return QAOutput(loss, start_logits, end_logits)
 
 

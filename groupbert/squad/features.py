@@ -112,12 +112,13 @@ def build_features(examples: list[dict], tokenizer, seq_len: int = 384, doc_stri
 def pack_features(features: Features, pad_id: int, max_per_pack: int = 3, seed: int = 0, with_labels: bool = True):
     """Several features per row (SPFHP, ``groupbert.data.packing``): returns (columns, layout, plan).
 
-    The columns are the model inputs of packed rows (``attention_mask`` numbering the features 1..S,
-    ``position_ids`` restarting at each feature's [CLS]) and, with labels, ``start_positions`` /
+    The columns are the model inputs of packed rows (``segment_ids`` numbering the features 1..S,
+    ``position_ids`` restarting at each feature's [CLS]; ``groupbert.data.columns``) and, with labels, ``start_positions`` /
     ``end_positions`` [rows, S] as row positions (-100 in empty slots). ``layout.unpack_tokens`` turns the
     packed rows' logits back into one row per feature for post-processing.
     """
-    from groupbert.data.packing import IGNORE_INDEX, pack_layout, sequence_lengths
+    from groupbert.data.columns import IGNORE_INDEX
+    from groupbert.data.packing import pack_layout, sequence_lengths
 
     layout, plan = pack_layout(sequence_lengths(features.attention_mask), features.input_ids.shape[1],
                                max_per_pack, seed)

@@ -44,7 +44,8 @@ from optimizers import build_schedule
 
 logger = logging.getLogger(__name__)
 
-QA_KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions", "position_ids")
+QA_KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions", "position_ids",
+           "segment_ids")
 
 
 def training_steps(cfg: RunConfig, n_features: int) -> int:

@@ -116,15 +116,18 @@ class QAOnDevice(nn.Module):
         super().__init__()
         self.model, self._poptorch = model, poptorch
 
-    def forward(self, input_ids, token_type_ids, attention_mask, start_positions, end_positions, position_ids=None):
-        out = self.model(input_ids, token_type_ids, attention_mask, start_positions, end_positions, position_ids)
+    def forward(self, input_ids, token_type_ids, attention_mask, start_positions, end_positions, position_ids=None,
+                segment_ids=None):
+        out = self.model(input_ids, token_type_ids, attention_mask, start_positions, end_positions, position_ids,
+                         segment_ids)
         return self._poptorch.identity_loss(out.loss, reduction="none")
 
 
 class QAIPUStepper:
     """``device_iterations`` SQuAD fine-tuning steps per host call through ``poptorch.trainingModel``."""
 
-    KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions", "position_ids")
+    KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions", "position_ids",
+            "segment_ids")
 
     def __init__(self, model, cfg, poptorch, optimizer, schedule, options, dist_env=None):
         self.cfg, self.optimizer, self.schedule = cfg, optimizer, schedule

@@ -44,7 +44,8 @@ class MaskedLMTask:
 
     def __init__(self, packed: bool = False):
         self.batch_keys = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions",
-                           "masked_lm_labels", "next_sentence_label") + (("position_ids", "cls_positions") if packed else ())
+                           "masked_lm_labels", "next_sentence_label") + (
+                               ("position_ids", "cls_positions", "segment_ids") if packed else ())
 
     def sequences(self, s: Sums) -> float:
         return s["nsp_n"]  # one NSP label per sequence, packed or not
@@ -129,9 +130,9 @@ class _MaskedLMOnDevice(nn.Module):
         self.model, self._poptorch = model, poptorch
 
     def forward(self, input_ids, token_type_ids, attention_mask, masked_lm_positions, masked_lm_labels,
-                next_sentence_label, position_ids=None, cls_positions=None):
+                next_sentence_label, position_ids=None, cls_positions=None, segment_ids=None):
         out = self.model(input_ids, token_type_ids, attention_mask, masked_lm_positions, masked_lm_labels,
-                         next_sentence_label, position_ids, cls_positions)
+                         next_sentence_label, position_ids, cls_positions, segment_ids)
         # sum_names order; the loss (identity_loss) goes last, as PopTorch wants it
         return (out.mlm_loss, out.nsp_loss, *masked_lm_correct(out.mlm_logits, masked_lm_labels),
                 *next_sentence_correct(out.nsp_logits, next_sentence_label),

@@ -16,7 +16,8 @@ import pytest
 
 from groupbert.data import DataError, build_pretraining_dataset, load_corpus, load_wordpiece, special_ids
 from groupbert.data.loader import EpochBatches
-from groupbert.data.masking import IGNORE_INDEX, MaskingSpec
+from groupbert.data.columns import IGNORE_INDEX
+from groupbert.data.masking import MaskingSpec
 from groupbert.data.prepare import PrepareSettings, load_manifest, merge, prepare, verify
 from groupbert.data.prepared import CausalLMData, MaskedLMData
 from groupbert.data.tokenizer import bundled_vocab_file
@@ -236,7 +237,7 @@ def test_packed_rows_hold_every_instance_once(corpus, tok, tmp_path, masking):
     assert np.array_equal(np.sort(members[members >= 0]), np.arange(packed.num_sequences))
     unpacked = packed.sequences(np.arange(packed.num_sequences), epoch=2)
     for r in range(0, len(packed), 7):
-        seqs = rows["attention_mask"][r]
+        seqs = rows["segment_ids"][r]
         for slot, m in enumerate(members[r][members[r] >= 0]):
             where = np.flatnonzero(seqs == slot + 1)
             L = int(unpacked["attention_mask"][m].sum())

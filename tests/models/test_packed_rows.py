@@ -14,7 +14,8 @@ import torch
 
 from groupbert.config import ModelConfig
 from groupbert.data import Document, build_pretraining_dataset, bundled_vocab_file, load_wordpiece, special_ids
-from groupbert.data.packing import (IGNORE_INDEX, max_predictions_per_row, pack_pretraining_columns,
+from groupbert.data.columns import IGNORE_INDEX, PACKED_MASKED_LM
+from groupbert.data.packing import (max_predictions_per_row, pack_pretraining_columns,
                                     pack_pretraining_dataset)
 from groupbert.models import build_model
 
@@ -45,7 +46,7 @@ def packed(columns, tok):
 
 def _members(row: dict):
     """(slot, start, length) of every sequence in a packed row, read from its sequence numbers."""
-    ids = row["attention_mask"]
+    ids = row["segment_ids"]
     out = []
     for s in range(1, ids.max() + 1):
         where = np.flatnonzero(ids == s)
@@ -105,7 +106,7 @@ def _forward(model, batch: dict):
     out = model(**tensors)
     out.loss.backward()
     hidden = model.bert(tensors["input_ids"], tensors["token_type_ids"], tensors["attention_mask"],
-                        tensors.get("position_ids")).last_hidden_state.detach()
+                        tensors.get("position_ids"), segment_ids=tensors.get("segment_ids")).last_hidden_state.detach()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out, hidden, grads
 
@@ -138,7 +139,7 @@ def test_unpacked_rows_through_the_packed_path_are_unchanged(columns):
     a, _, ga = _forward(model, columns)
     n = len(columns["input_ids"])
     as_packed = dict(columns, position_ids=np.tile(np.arange(SEQ), (n, 1)), cls_positions=np.zeros((n, 1)),
-                     next_sentence_label=columns["next_sentence_label"][:, None])
+                     segment_ids=columns["attention_mask"], next_sentence_label=columns["next_sentence_label"][:, None])
     b, _, gb = _forward(model, as_packed)
     assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-6)
     for k in ga:
@@ -151,8 +152,7 @@ def test_dataset_wrapper_and_determinism(columns, tok):
     a = pack_pretraining_dataset(ds, special_ids(tok).pad, S, seed=5)
     b = pack_pretraining_dataset(ds, special_ids(tok).pad, S, seed=5)
     c = pack_pretraining_dataset(ds, special_ids(tok).pad, S, seed=6)
-    assert set(a.column_names) == {"input_ids", "token_type_ids", "attention_mask", "position_ids",
-                                   "masked_lm_positions", "masked_lm_labels", "cls_positions", "next_sentence_label"}
+    assert set(a.column_names) == set(PACKED_MASKED_LM)
     assert torch.equal(a[:]["input_ids"], b[:]["input_ids"])
     assert not torch.equal(a[:]["input_ids"], c[:]["input_ids"])
     assert len(a) < len(ds)

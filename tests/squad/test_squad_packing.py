@@ -8,7 +8,7 @@ import torch
 
 from groupbert.config import ModelConfig, load_config
 from groupbert.data import load_wordpiece, special_ids
-from groupbert.data.packing import IGNORE_INDEX
+from groupbert.data.columns import IGNORE_INDEX
 from groupbert.models.qa import BertForQuestionAnswering
 from groupbert.squad.dataset import load_squad
 from groupbert.squad.features import build_features, pack_features

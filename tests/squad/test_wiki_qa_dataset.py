@@ -101,11 +101,25 @@ def test_contexts_are_verbatim_corpus_text(datasets, corpus):
                 assert context in text, (split, article["title"], context[:60])
 
 
-def test_generator_reproduces_the_files(documents):
-    """The JSON files are what build_wiki_qa.py makes from its hand-written spec and the corpus."""
+def _builder():
     spec = importlib.util.spec_from_file_location("build_wiki_qa", DATA_DIR / "build_wiki_qa.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    built = module.build(documents)
-    for split in SPLITS:
-        assert module.dumps(built[split]) == (DATA_DIR / f"wiki_qa_{split}.json").read_text(encoding="utf-8")
+    return module
+
+
+def test_generator_reproduces_the_files(capsys):
+    """The JSON files are what build_wiki_qa.py makes from wiki_qa_source.json and the corpus: --check passes."""
+    assert _builder().main(["--check"]) == 0
+    assert capsys.readouterr().out.count("up to date") == 2
+
+
+def test_generator_rejects_unlocatable_and_ambiguous_answers(documents):
+    builder = _builder()
+    articles = builder.load_source()
+    qa = articles[0]["paragraphs"][0]["qas"][0]
+    for answer, message in (("no such span", "not found"), ("Alabama", "occurs")):
+        qa[1] = answer
+        with pytest.raises(builder.BuildError, match=message) as exc:
+            builder.build(documents, articles)
+        assert qa[0] in str(exc.value)
