@@ -33,7 +33,7 @@ $(VENV)/.installed: requirements.txt Makefile
 run: setup
 	$(PY) run_pretraining.py --config configs/groupbert/tiny_phase1.yaml --output-dir $(RUN_DIR)/phase1
 	$(PY) run_pretraining.py --config configs/groupbert/tiny_phase2.yaml --output-dir $(RUN_DIR)/phase2 \
-		--set model.init_checkpoint=$(RUN_DIR)/phase1
+		--set train.init_checkpoint=$(RUN_DIR)/phase1
 	@echo "runs written to $(RUN_DIR): config.yaml, metrics.jsonl, checkpoints/ in phase1/ and phase2/"
 
 test: setup

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Pretrain GroupBERT or BERT with masked-LM + next-sentence prediction.
+"""Pretrain GroupBERT or BERT (masked LM + next-sentence prediction) or GPT-2 (causal LM).
 
     python run_pretraining.py --config configs/groupbert/tiny_phase1.yaml
     python run_pretraining.py --config configs/groupbert/tiny_phase2.yaml \\
-        --set model.init_checkpoint=runs/groupbert_tiny_phase1
+        --set train.init_checkpoint=runs/groupbert_tiny_phase1
+    python run_pretraining.py --config configs/gpt2/tiny.yaml
+    python run_pretraining.py --config configs/groupbert/base_phase1.yaml --set data.prepared=data/enwiki-128
     python run_pretraining.py --resume runs/groupbert_tiny_phase1 --set train.max_steps=600
+    python run_pretraining.py --eval-only runs/groupbert_tiny_phase1      # validation metrics of a checkpoint
 """
 import sys
 
@@ -12,9 +15,14 @@ from groupbert.cli import main
 
 
 def _pretrain(cfg, output_dir, resume):
-    from groupbert.training.pretrain import pretrain
+    from groupbert.tasks.pretraining import pretrain
     return pretrain(cfg, output_dir, resume=resume)
 
 
+def _evaluate(cfg, checkpoint, output_dir):
+    from groupbert.tasks.pretraining import evaluate
+    return evaluate(cfg, checkpoint, output_dir)
+
+
 if __name__ == "__main__":
-    sys.exit(main(__doc__.splitlines()[0], _pretrain))
+    sys.exit(main(__doc__.splitlines()[0], _pretrain, evaluate=_evaluate))

@@ -3,9 +3,10 @@
 
     python run_squad.py --config configs/squad/tiny_minilm.yaml
     python run_squad.py --config configs/squad/groupbert_base.yaml \\
-        --set model.init_checkpoint=runs/groupbert_base_phase2
+        --set train.init_checkpoint=runs/groupbert_base_phase2
     python run_squad.py --config configs/squad/tiny_minilm.yaml \\
         --set squad.train_file=train-v1.1.json --set squad.dev_file=dev-v1.1.json
+    python run_squad.py --eval-only runs/squad_tiny_minilm      # dev EM/F1, predictions and n-best of a checkpoint
     python -m groupbert.squad.evaluate dev-v1.1.json runs/squad_tiny_minilm/predictions.json
 """
 import sys
@@ -14,9 +15,14 @@ from groupbert.cli import main
 
 
 def _finetune(cfg, output_dir, resume):
-    from groupbert.squad.finetune import finetune
+    from groupbert.tasks.squad import finetune
     return finetune(cfg, output_dir, resume=resume)
 
 
+def _evaluate(cfg, checkpoint, output_dir):
+    from groupbert.tasks.squad import evaluate
+    return evaluate(cfg, checkpoint, output_dir)
+
+
 if __name__ == "__main__":
-    sys.exit(main(__doc__.splitlines()[0], _finetune))
+    sys.exit(main(__doc__.splitlines()[0], _finetune, evaluate=_evaluate))

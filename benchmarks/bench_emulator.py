@@ -24,13 +24,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from common import RESULTS, load_average, median, parse_args, time_rounds, write_results  # noqa: E402
 
 from groupbert.config import load_config  # noqa: E402
-from groupbert.ipu import USING_EMULATOR, poptorch  # noqa: E402
-from groupbert.ipu.options import build_ipu_optimizer, build_options  # noqa: E402
-from groupbert.ipu.pipeline import parallelize  # noqa: E402
+from groupbert.ipu import USING_EMULATOR  # noqa: E402
+from groupbert.ipu.backend import IPUTrainer  # noqa: E402
 from groupbert.models import build_model  # noqa: E402
+from groupbert.tasks.masked_lm import MaskedLMTask  # noqa: E402
+from groupbert.training.distributed import DistEnv  # noqa: E402
 from groupbert.training.optim import build_optimizer  # noqa: E402
+from groupbert.training.runtime import Runtime  # noqa: E402
 from groupbert.training.steppers import HostStepper, IPUStepper  # noqa: E402
-from groupbert.training.tasks import task_for  # noqa: E402
 from optimizers import build_schedule  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def main():
     sets = [f"model.{k}={v}" for k, v in SIZES[args.size].items()] + [
         f"train.micro_batch_size={args.micro_batch}", f"train.gradient_accumulation={args.gradient_accumulation}",
         f"data.seq_len={args.seq_len}", "train.max_steps=1000", "train.max_grad_norm=0", "schedule.name=constant",
-        "schedule.warmup=0"]
+        "schedule.warmup_steps=0"]
     cpu_cfg = load_config(None, sets + ["runtime.backend=cpu"])
     ipu_cfg = load_config(None, sets + ["runtime.backend=ipu-model", "ipu.layers_per_ipu=[1,1,1,1]"])
     torch.manual_seed(0)
@@ -83,14 +84,14 @@ def main():
     ipu_model = build_model(ipu_cfg.model).train()
     ipu_model.load_state_dict(cpu_model.state_dict())
 
+    task = MaskedLMTask()  # MLM + NSP, unpacked, as both steppers train it
     cpu_opt = build_optimizer(cpu_model, cpu_cfg.optimizer)
-    cpu_sched = build_schedule(cpu_opt, name="constant", warmup_steps=0, total_steps=1000)
-    task = task_for(cpu_cfg.model.type)  # MLM + NSP, unpacked, as both steppers train it
-    cpu = HostStepper(cpu_model, cpu_opt, cpu_sched, cpu_cfg, torch.device("cpu"), contextlib.nullcontext, task)
-    parallelize(ipu_model, ipu_cfg.ipu.layers_per_ipu)
-    ipu_opt = build_ipu_optimizer(ipu_model, ipu_cfg)
-    ipu_sched = build_schedule(ipu_opt, name="constant", warmup_steps=0, total_steps=1000)
-    ipu = IPUStepper(ipu_model, ipu_cfg, poptorch, ipu_opt, ipu_sched, build_options(ipu_cfg), task)
+    host = Runtime(torch.device("cpu"), contextlib.nullcontext, DistEnv(), on_ipu=False)
+    cpu = HostStepper(cpu_model, cpu_opt, cpu_cfg, host, task)
+    cpu.start(build_schedule(cpu_opt, name="constant", warmup_steps=0, total_steps=1000))
+    trainer = IPUTrainer(ipu_model, ipu_cfg, task.batch_keys, task.sums)  # pipelines the model over 4 IPUs
+    ipu = IPUStepper(trainer, ipu_cfg, task, DistEnv())
+    ipu.start(build_schedule(trainer.optimizer, name="constant", warmup_steps=0, total_steps=1000))
 
     T, P = cpu_cfg.data.seq_len, cpu_cfg.data.max_predictions
     data_cpu = _Batches(args.gradient_accumulation, args.micro_batch, T, P, cpu_cfg.model.vocab_size)

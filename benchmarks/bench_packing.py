@@ -31,7 +31,7 @@ from groupbert.data.packing import padded_efficiency, spfhp  # noqa: E402
 
 
 def pretraining_lengths(config: str, cache_dir: Path, max_documents: int | None) -> list[int]:
-    from groupbert.training.pretrain import prepare_data
+    from groupbert.tasks.pretraining import prepare_data
     cfg = load_config(ROOT / config, [f"data.cache_dir={cache_dir}", "data.packing=false"]
                       + ([f"data.max_documents={max_documents}"] if max_documents else []))
     train, _, _, _ = prepare_data(cfg, show_progress=False)

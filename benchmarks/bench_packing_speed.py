@@ -43,7 +43,7 @@ TINY = dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)  #
 
 def pretraining_batches(size: str, rows: int, n: int, cache_dir: Path, max_documents: int | None, seed: int = 0):
     """(model config, unpacked batches, packed batches): ``n`` micro-batches of ``rows`` rows each."""
-    from groupbert.training.pretrain import prepare_data
+    from groupbert.tasks.pretraining import prepare_data
     sets = {}
     for packing in (False, True):
         cfg = load_config(ROOT / "configs/groupbert/tiny_phase1.yaml",
@@ -59,7 +59,7 @@ def squad_batches(rows: int, n: int, max_examples: int | None, seed: int = 0):
     from groupbert.data import load_wordpiece, special_ids
     from groupbert.squad.dataset import load_squad
     from groupbert.squad.features import build_features, pack_features
-    cfg = load_config(ROOT / "configs/squad/groupbert_base.yaml", ["model.init_checkpoint=null"])
+    cfg = load_config(ROOT / "configs/squad/groupbert_base.yaml", ["train.init_checkpoint=null"])
     tok = load_wordpiece()
     examples, _ = load_squad(None, "train", max_examples)
     f = build_features(examples, tok, training=True, seq_len=cfg.data.seq_len, doc_stride=cfg.squad.doc_stride,

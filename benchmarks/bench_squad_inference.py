@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from common import RESULTS, median, parse_args, time_rounds, write_results  # noqa: E402
 
 from groupbert.data import load_wordpiece  # noqa: E402
-from groupbert.models.qa import BertForQuestionAnswering, hf_model_config, load_qa_init, minilm_dir  # noqa: E402
+from groupbert.models.qa import BertForQuestionAnswering  # noqa: E402
+from groupbert.training.initialize import hf_model_config, initialize, minilm_dir  # noqa: E402
 from groupbert.squad.dataset import load_squad  # noqa: E402
 from groupbert.squad.features import build_features  # noqa: E402
 
@@ -47,7 +48,7 @@ def main():
     path = minilm_dir()
     cfg = hf_model_config(path)
     ours = BertForQuestionAnswering(cfg)
-    load_qa_init(ours, "minilm")
+    initialize(ours, "minilm")
     ours.eval()
     hf = transformers.BertForQuestionAnswering(
         transformers.BertConfig.from_pretrained(str(path), attn_implementation="sdpa"))

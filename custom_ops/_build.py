@@ -41,6 +41,8 @@ _errors: dict[str, str] = {}
 class CustomOpsError(RuntimeError):
     """``on`` mode and a kernel library could not be built or loaded."""
 
+    bad_input = True   # groupbert.errors.BadInput: the command lines exit with code 2
+
 
 def mode() -> str:
     m = _mode_override or os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"

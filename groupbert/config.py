@@ -17,8 +17,10 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from groupbert.errors import BadInput
 
-class ConfigError(ValueError):
+
+class ConfigError(BadInput, ValueError):
     """A bad configuration value; ``key`` and ``source`` (file or ``--set``) say where."""
 
     def __init__(self, message: str, key: str | None = None, source: str | None = None):
@@ -61,7 +63,6 @@ class ModelConfig:
     conv_kernel_size: int = _f(7, gt=0)          # GroupBERT conv module, "same" padding
     conv_group_size: int = _f(16, gt=0)          # channels per conv group -> H/16 groups
     ffn_groups: int = _f(4, gt=0)                # groups of the GFFN down-projection
-    init_checkpoint: Optional[str] = None        # run dir or checkpoint dir; phase 2 starts from it
 
     @property
     def eps(self) -> float:
@@ -103,6 +104,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    init_checkpoint: Optional[str] = None        # weights to start from: a run / checkpoint dir (phase 2), a Hugging Face BERT dir or "minilm" (SQuAD)
     max_steps: int = _f(1000, gt=0)              # optimizer steps
     micro_batch_size: int = _f(32, gt=0)         # rows per forward pass: sequences, or packs with data.packing
     gradient_accumulation: int = _f(1, gt=0)     # micro-batches per optimizer step
@@ -140,7 +142,8 @@ class OptimizerConfig:
 @dataclass
 class ScheduleConfig:
     name: str = _f("linear", choices=("linear", "polynomial", "cosine", "constant", "trapezoidal"))
-    warmup: float = _f(0.1, ge=0.0)              # < 1: fraction of max_steps; >= 1: steps (integer)
+    warmup_fraction: Optional[float] = _f(0.1, ge=0.0, le=1.0)  # warmup as a fraction of the run's steps ...
+    warmup_steps: Optional[int] = _f(None, ge=0)  # ... or as a step count (then warmup_fraction: null)
     warmup_power: float = _f(1.0, gt=0.0)        # polynomial warmup; Graphcore's GroupBERT uses 0.5
     decay_power: float = _f(1.0, gt=0.0)         # polynomial decay exponent
     end_lr_ratio: float = _f(0.0, ge=0.0, le=1.0)  # final lr as a fraction of the peak
@@ -205,10 +208,16 @@ class RuntimeConfig:
     # The environment variable GROUPBERT_CUSTOM_OPS, when set, wins (it is how CI forces the fallback).
     custom_ops: str = _f("auto", choices=("auto", "on", "off"))
 
+    @property
+    def on_ipu(self) -> bool:
+        """PopTorch (hardware, its IPU Model, or the built-in emulator) runs the training step."""
+        return self.backend in ("ipu", "ipu-model")
+
 
 @dataclass
 class RunConfig:
     explicit_keys = frozenset()   # keys a file or --set gave (load_config); a class attribute, not a field
+    key_sources = {}              # key -> the file or "--set" that gave it, for messages (class attribute)
     model: ModelConfig = _f(factory=ModelConfig)
     data: DataConfig = _f(factory=DataConfig)
     train: TrainConfig = _f(factory=TrainConfig)
@@ -235,16 +244,18 @@ class RunConfig:
     def global_batch_size(self) -> int:
         return self.train.micro_batch_size * self.micro_batches_per_step
 
-    @property
-    def warmup_steps(self) -> int:
-        w = self.schedule.warmup
-        return int(round(w * self.train.max_steps)) if w < 1 else int(w)
+    def warmup_steps_for(self, total_steps: int) -> int:
+        """The one warmup rule: ``schedule.warmup_steps`` (at most the run's steps) or
+        ``round(schedule.warmup_fraction x total_steps)``."""
+        if self.schedule.warmup_steps is not None:
+            return min(self.schedule.warmup_steps, total_steps)
+        return int(round((self.schedule.warmup_fraction or 0.0) * total_steps))
 
     def derived(self) -> dict:
         return {
             "global_batch_size": self.global_batch_size,
             "tokens_per_step": self.global_batch_size * self.data.seq_len,
-            "warmup_steps": self.warmup_steps,
+            "warmup_steps": self.warmup_steps_for(self.train.max_steps),
             "layer_norm_eps": self.model.eps,
         }
 
@@ -291,6 +302,20 @@ def _merge(dst: dict, src: dict, origins: dict, source: str, prefix: str) -> Non
         else:
             dst[k] = v
             _mark(origins, key, v, source)
+            _clear_alternative(dst, key, origins)
+
+
+#: Keys that say the same thing in two units: a layer (a file over the one it extends, or --set) that gives
+#: one replaces the other from the layers below.
+ALTERNATIVES = {"schedule.warmup_steps": "schedule.warmup_fraction",
+                "schedule.warmup_fraction": "schedule.warmup_steps"}
+
+
+def _clear_alternative(section: dict, key: str, origins: dict) -> None:
+    other = ALTERNATIVES.get(key)
+    if other is not None and origins.get(other) != origins.get(key):
+        section.pop(other.rsplit(".", 1)[1], None)
+        origins.pop(other, None)
 
 
 def _mark(origins: dict, key: str, value: Any, source: str) -> None:
@@ -321,6 +346,7 @@ def apply_override(tree: dict, origins: dict, assignment: str) -> None:
         node = child
     node[parts[-1]] = value
     _mark(origins, key, value, "--set")
+    _clear_alternative(node, key, origins)
 
 
 _ON_OFF_KEYS = {"runtime.custom_ops"}  # string choices that include "on" and "off"
@@ -391,6 +417,8 @@ def _build(cls, tree: Any, origins: dict, prefix: str, default_source: str):
     unknown = [k for k in tree if k not in fields]
     if unknown:
         key = prefix + str(unknown[0])
+        if key in RENAMED:
+            raise ConfigError(f"renamed: use {RENAMED[key]}", key, source_of(key))
         raise ConfigError(f"unknown key; valid keys here: {', '.join(sorted(fields))}", key, source_of(key))
     kwargs = {}
     for name, value in tree.items():
@@ -402,6 +430,13 @@ def _build(cls, tree: Any, origins: dict, prefix: str, default_source: str):
         _check_range(value, fields[name].metadata, key, source_of(key))
         kwargs[name] = value
     return cls(**kwargs)
+
+
+#: Keys that changed their name (and unit); the old spelling is refused with the new one named.
+RENAMED = {
+    "schedule.warmup": "schedule.warmup_steps (a step count) or schedule.warmup_fraction (a fraction of the run)",
+    "model.init_checkpoint": "train.init_checkpoint (a run setting, not part of the architecture)",
+}
 
 
 def _check_range(value: Any, meta: dict, key: str, source: str) -> None:
@@ -438,19 +473,17 @@ def _cross_checks(cfg: RunConfig, origins: dict, default_source: str, check_opti
     if m.type == "gpt2" and d.packing:
         fail("data.packing", "GPT-2's causal-LM blocks are contiguous text that fills every row already; packing "
              "is for masked-LM + NSP pretraining and SQuAD")
-    w = cfg.schedule.warmup
-    if w >= 1 and w != int(w):
-        fail("schedule.warmup", f"{w}: a value >= 1 is a step count and must be an integer")
-    if cfg.warmup_steps > cfg.train.max_steps:
-        fail("schedule.warmup", f"{cfg.warmup_steps} warmup steps exceed train.max_steps {cfg.train.max_steps}")
+    if (cfg.schedule.warmup_steps is not None and cfg.schedule.warmup_fraction is not None
+            and "schedule.warmup_fraction" in origins):   # one layer gave both (layers above replace)
+        fail("schedule.warmup_steps", "give schedule.warmup_steps or schedule.warmup_fraction, not both")
+    if (cfg.schedule.warmup_steps or 0) > cfg.train.max_steps:
+        fail("schedule.warmup_steps", f"{cfg.schedule.warmup_steps} warmup steps exceed train.max_steps "
+             f"{cfg.train.max_steps}")
     if check_optimizer:
         _check_optimizer(cfg, origins, default_source)
     scale = cfg.runtime.loss_scale
     if isinstance(scale, str) and scale != "dynamic" or isinstance(scale, float) and not (0 < scale < math.inf):
         fail("runtime.loss_scale", f"{scale!r} must be a positive number (a fixed scale) or 'dynamic'")
-    if cfg.runtime.precision == "fp16" and cfg.runtime.backend in ("ipu", "ipu-model"):
-        fail("runtime.precision", "fp16 with loss scaling is the host path's (CPU/CUDA); on the IPU backends "
-             "use ipu.half and ipu.loss_scaling")
     ipu = cfg.ipu
     if ipu.layers_per_ipu is not None:
         if any(n < 0 for n in ipu.layers_per_ipu) or sum(ipu.layers_per_ipu) != m.num_layers:
@@ -461,38 +494,39 @@ def _cross_checks(cfg: RunConfig, origins: dict, default_source: str, check_opti
         if len(ipu.available_memory_proportion) != n_ipus or not all(0 < p <= 1 for p in ipu.available_memory_proportion):
             fail("ipu.available_memory_proportion", f"{ipu.available_memory_proportion}: one value in (0, 1] per "
                  f"IPU ({n_ipus})")
-    if cfg.runtime.backend in ("ipu", "ipu-model"):
-        _check_ipu_run(cfg, fail)
 
 
-def _check_ipu_run(cfg: RunConfig, fail) -> None:
-    """What the PopTorch path cannot do, said before any work starts."""
-    di = cfg.ipu.device_iterations
-    for key, value in (("train.max_steps", cfg.train.max_steps), ("train.checkpoint_every", cfg.train.checkpoint_every),
-                       ("train.eval_every", cfg.train.eval_every), ("logging.log_every", cfg.logging.log_every)):
-        if value % di:
-            fail(key, f"{value} is not a multiple of ipu.device_iterations {di}: an IPU host call runs {di} steps")
-    n_ipus = len(cfg.ipu.layers_per_ipu or [0])
-    if n_ipus > 1:  # embeddings, layers over the IPUs, heads back on IPU 0: n + 1 forward stages
-        need = 2 * (n_ipus + 1) - 1
-        if cfg.train.gradient_accumulation < need:
-            fail("train.gradient_accumulation", f"{cfg.train.gradient_accumulation} is too small for a pipeline "
-                 f"over {n_ipus} IPUs: {n_ipus + 1} forward stages need at least 2 x {n_ipus + 1} - 1 = {need} "
-                 f"micro-batches per step (PopTorch's rule)")
-    if cfg.optimizer.name not in ("adamw", "lamb"):
-        fail("optimizer.name", f"'{cfg.optimizer.name}' cannot run on the IPU backends: PopART performs the "
-             f"update on device and offers AdamW and LAMB (use adamw or lamb)")
-    if cfg.optimizer.name == "lamb" and cfg.train.max_grad_norm > 0:
-        fail("train.max_grad_norm", "PopTorch's LAMB has no gradient clipping; set train.max_grad_norm=0 "
-             "for the ipu backends")
-    if cfg.logging.update_metrics_every:
-        fail("logging.update_metrics_every", "update-size metrics need the host-side optimizer step; "
-             "they are not available on the ipu backends")
+#: ``optimizer.*`` field -> constructor argument, passed only when set (null: the optimizer's default)
+OPTIONAL_KWARGS = {
+    "beta1": "betas", "beta2": "betas", "eps": "eps", "bias_correction": "bias_correction",
+    "max_weight_norm": "max_weight_norm", "nesterov": "nesterov",
+    "inverse_bias_correction": "inverse_bias_correction", "scale": "scale", "per_row": "per_row",
+    "update_norm_decay": "update_norm_decay", "zero_mean": "zero_mean",
+}
+
+
+def optimizer_kwargs(cfg: OptimizerConfig) -> dict:
+    """The optimizer's constructor arguments from its section (``optimizers.registry`` resolves presets;
+    imported here lazily so that reading a config does not import torch)."""
+    import inspect
+
+    from optimizers.registry import resolve
+
+    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.beta1 is not None or cfg.beta2 is not None:
+        cls, preset = resolve(cfg.name)
+        default = preset.get("betas", inspect.signature(cls.__init__).parameters["betas"].default)
+        kwargs["betas"] = (cfg.beta1 if cfg.beta1 is not None else default[0],
+                           cfg.beta2 if cfg.beta2 is not None else default[1])
+    for field_name, kwarg in OPTIONAL_KWARGS.items():
+        value = getattr(cfg, field_name)
+        if kwarg != "betas" and value is not None:
+            kwargs[kwarg] = value
+    return kwargs
 
 
 def _check_optimizer(cfg: RunConfig, origins: dict, default_source: str) -> None:
-    from groupbert.training.optim import OPTIONAL_KWARGS, optimizer_kwargs  # torch: import lazily
-    from optimizers.registry import accepted_arguments, optimizer_names
+    from optimizers.registry import accepted_arguments, optimizer_names  # torch: import lazily
 
     name = cfg.optimizer.name
     if name not in optimizer_names():
@@ -522,6 +556,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), *, ch
     cfg = _build(RunConfig, tree, origins, "", source)
     _cross_checks(cfg, origins, source, check_optimizer)
     cfg.explicit_keys = frozenset(origins)   # what the file and --set gave (not a field: never saved)
+    cfg.key_sources = dict(origins)
     return cfg
 
 
@@ -544,6 +579,8 @@ def _leaf_keys(tree: dict, prefix: str = ""):
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     tree = cfg.to_dict()
+    if cfg.schedule.warmup_steps is not None:   # the step count is what the run used: no second warmup key
+        tree["schedule"]["warmup_fraction"] = None
     tree["derived"] = cfg.derived()
     Path(path).write_text(yaml.safe_dump(tree, sort_keys=False))
 

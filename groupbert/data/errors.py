@@ -7,6 +7,8 @@ to exit code 2 (DESIGN.md, "Run outputs"). It subclasses ``ValueError`` so calle
 """
 from __future__ import annotations
 
+from groupbert.errors import BadInput
 
-class DataError(ValueError):
+
+class DataError(BadInput, ValueError):
     """Bad data input; the message names the file, dataset or setting at fault."""

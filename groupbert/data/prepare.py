@@ -736,7 +736,8 @@ def main(argv: Optional[list] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from groupbert.config import ConfigError, load_config
+    from groupbert.config import load_config
+    from groupbert.errors import BadInput
 
     try:
         if args.verify:
@@ -759,7 +760,7 @@ def main(argv: Optional[list] = None) -> int:
         tokens = sum(manifest["totals"][s]["input_tokens"] for s in SPLITS)
         print(f"{args.output / _manifest_name(args.shard_index, args.num_shards)}: {_summary(manifest)}; "
               f"{seconds:.1f} s, {tokens / max(seconds, 1e-9):,.0f} tokens/s")
-    except (DataError, ConfigError) as exc:
+    except BadInput as exc:   # DataError, ConfigError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,8 +22,8 @@ def _load_poptorch():
 
 
 poptorch, USING_EMULATOR = _load_poptorch()
-if USING_EMULATOR:  # the emulator's custom_op registry routes to the C++ kernels (custom_ops/popart.py)
-    from custom_ops.popart import register_emulator_ops
+if USING_EMULATOR:  # the emulator's custom_op registry routes to the C++ kernels (custom_ops/emulator_ops.py)
+    from custom_ops.emulator_ops import register_emulator_ops
     register_emulator_ops(poptorch)
 
 __all__ = ["poptorch", "USING_EMULATOR"]

@@ -8,10 +8,9 @@ import math
 
 import torch
 
-from groupbert.config import RunConfig
+from groupbert.config import RunConfig, optimizer_kwargs
 from groupbert.ipu import USING_EMULATOR, poptorch
 from groupbert.ipu.popdist import build_popdist_options, popdist_env
-from groupbert.training.optim import optimizer_kwargs
 from optimizers import param_groups
 from optimizers.registry import resolve
 

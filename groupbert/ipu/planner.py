@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from groupbert.config import ConfigError, ModelConfig, RunConfig, load_config
+from groupbert.errors import BadInput
 
 # ----------------------------------------------------------------------------------------------
 # Hardware figures: Graphcore GC200 (Mk2 IPU) / IPU-M2000 public datasheet numbers.
@@ -81,7 +82,7 @@ PUBLISHED_RUN = {
         "model.type=groupbert", "model.hidden_size=768", "model.num_layers=12", "model.num_heads=12",
         "model.intermediate_size=3072", "data.seq_len=512", "data.max_predictions=76",
         "train.micro_batch_size=2", "train.gradient_accumulation=2048", "train.max_steps=2038",
-        "optimizer.name=lamb", "optimizer.lr=0.01", "schedule.warmup=0.13",
+        "optimizer.name=lamb", "optimizer.lr=0.01", "schedule.warmup_fraction=0.13",
         "ipu.layers_per_ipu=[1,3,4,4]", "ipu.replication_factor=4", "ipu.half=true",
         # optimum-graphcore's GroupBERT recipe: matmul_proportion 0.22; its ipu_config.json files for
         # Base-size models keep the optimizer state off chip with replicated tensor sharding.
@@ -92,7 +93,7 @@ PUBLISHED_RUN = {
 _MB = 1e6
 
 
-class IPUOutOfMemoryError(ValueError):
+class IPUOutOfMemoryError(BadInput, ValueError):
     """An IPU's estimated memory exceeds its in-processor memory; the message names IPU, stage, sizes."""
 
 

@@ -102,3 +102,28 @@ def build_popdist_options(poptorch, env: PopDistEnv, using_emulator: bool):
     opts.replicationFactor(env.local_replicas)                                   # this instance's replicas
     opts.Distributed.configureProcessId(env.instance_index, env.num_instances)  # which instance of how many
     return opts
+
+
+def join_pod(cfg: RunConfig, torchrun_launched: bool) -> Optional[PopDistEnv]:
+    """This process's place in a PopRun launch (None outside one), with the host-side process group joined.
+
+    One process per PopRun instance. The instances' replicas reduce gradients among themselves (IPU-Links;
+    in the emulator, gloo); the host-side gloo group joined here carries the logging sums and barriers,
+    with instance 0 writing the run directory. poprun starts the instances through mpirun;
+    MASTER_ADDR/MASTER_PORT (exported to every instance, e.g. ``poprun --mpi-global-args="-x MASTER_ADDR
+    -x MASTER_PORT"``) name instance 0's host.
+    """
+    import torch.distributed as dist
+
+    if torchrun_launched:
+        raise ConfigError("torchrun launches the CPU/CUDA path; IPU pods are launched with poprun "
+                          "(see the README's PopRun section)", key="runtime.backend")
+    pod = popdist_env()
+    if pod is None:
+        return None
+    check_popdist_config(cfg, pod)
+    if pod.num_instances > 1 and not dist.is_initialized():
+        addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", "29500")
+        dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=pod.instance_index,
+                                world_size=pod.num_instances)
+    return pod

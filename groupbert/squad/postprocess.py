@@ -1,4 +1,4 @@
-"""Start/end logits of every window -> one answer text per question (HF ``utils_qa.postprocess_qa_predictions``, v1).
+"""Start/end logits of every window -> answers per question (HF ``utils_qa.postprocess_qa_predictions``, v1).
 
 For each feature the ``n_best`` highest start and end logits are paired; a pair counts when both tokens
 lie in the context, ``end >= start`` and the span is at most ``max_answer_length`` tokens; its score is
@@ -35,26 +35,40 @@ def nbest_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.nd
 
 def postprocess_predictions(examples: list[dict], features: Features, start_logits: np.ndarray,
                             end_logits: np.ndarray, n_best: int = 20, max_answer_length: int = 30,
-                            ) -> dict[str, str]:
-    """Question id -> answer text, for every example (features may hold several windows per example)."""
+                            ) -> tuple[dict[str, str], dict[str, list[dict]]]:
+    """(question id -> answer text, question id -> its ``n_best`` answers) over every example (features may
+    hold several windows per example). The n-best lists are Hugging Face ``run_qa.py``'s
+    ``nbest_predictions.json``: text, probability (a softmax over the listed answers' scores) and the
+    start and end logits, best first; an example without a valid span gets the empty answer."""
     by_example = defaultdict(list)
     for f, ex_idx in enumerate(features.example_index):
         by_example[int(ex_idx)].append(f)
-    predictions = {}
+    predictions, nbest = {}, {}
     for i, ex in enumerate(examples):
-        best = None
+        candidates = []   # (score, feature, start, end), in feature order: ties keep the earlier window
         for f in by_example.get(i, []):
-            cands = nbest_spans(start_logits[f], end_logits[f], features.offsets[f], n_best, max_answer_length)
-            if cands and (best is None or cands[0][0] > best[0]):
-                best = (cands[0][0], f, cands[0][1], cands[0][2])
-        if best is None:
+            for score, s, e in nbest_spans(start_logits[f], end_logits[f], features.offsets[f], n_best,
+                                           max_answer_length):
+                candidates.append((score, f, s, e))
+        candidates.sort(key=lambda c: -c[0])
+        candidates = candidates[:n_best]
+        if not candidates:
             predictions[ex["id"]] = ""
-        else:
-            _, f, s, e = best
+            nbest[ex["id"]] = [{"text": "", "probability": 1.0, "start_logit": 0.0, "end_logit": 0.0}]
+            continue
+        scores = np.array([c[0] for c in candidates])
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        entries = []
+        for (score, f, s, e), p in zip(candidates, probs):
             offsets = features.offsets[f]
-            predictions[ex["id"]] = ex["context"][offsets[s][0]:offsets[e][1]]
-    return predictions
+            entries.append({"text": ex["context"][offsets[s][0]:offsets[e][1]], "probability": float(p),
+                            "start_logit": float(start_logits[f][s]), "end_logit": float(end_logits[f][e])})
+        predictions[ex["id"]] = entries[0]["text"]
+        nbest[ex["id"]] = entries
+    return predictions, nbest
 
 
-def write_predictions(predictions: dict[str, str], path: str | Path) -> None:
+def write_predictions(predictions: dict, path: str | Path) -> None:
+    """``predictions.json`` / ``nbest_predictions.json``: JSON keyed by question id."""
     Path(path).write_text(json.dumps(predictions, indent=1, ensure_ascii=False) + "\n")

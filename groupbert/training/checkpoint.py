@@ -28,13 +28,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from groupbert.errors import BadInput
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInput, ValueError):
     """A missing, corrupt or mismatched checkpoint (the CLIs exit with code 2)."""
 
 
@@ -88,11 +90,24 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
         raise
     logger.info("saved checkpoint %s", final)
     if keep:
+        best = _read_pointer(ckpt_root / "best")
         steps = sorted((int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := _STEP_DIR.match(p.name)))
         for _, old in steps[:-keep]:
-            if old != final:
+            if old != final and old.name != best:   # the best checkpoint is kept whatever its age
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def mark_best(run_dir: str | Path, step: int) -> None:
+    """Point ``checkpoints/best`` at ``step-<step>`` (atomically): the best evaluation so far."""
+    _write_text_atomic(Path(run_dir) / "checkpoints" / "best", f"step-{step}\n")
+
+
+def _read_pointer(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -132,8 +147,14 @@ def _python_rng_state() -> list:
 # --------------------------------------------------------------------------------------------------
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a run directory, its ``checkpoints/`` directory or one ``step-N`` directory."""
+    """Accept a run directory (its latest checkpoint), its ``checkpoints/`` directory, one ``step-N``
+    directory, or ``checkpoints/best`` (the pointer to the best evaluated one)."""
     path = Path(path)
+    if path.name in ("best", "latest") and path.is_file():
+        target = path.parent / (_read_pointer(path) or "")
+        if not target.is_dir():
+            raise CheckpointError(f"{path} points at {target.name}, which does not exist")
+        return target
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
     if (path / "state.json").exists() or _STEP_DIR.match(path.name):

@@ -94,11 +94,21 @@ def check_world_size(cfg: RunConfig, world_size: int) -> int:
 
 
 def setup_distributed(cfg: RunConfig, device: torch.device) -> tuple[DistEnv, torch.device]:
-    """Join the process group when launched by torchrun (or by poprun on the IPU path); returns the
-    rank's view and its device."""
-    if cfg.runtime.backend in ("ipu", "ipu-model"):
-        return _setup_poprun(cfg), device
+    """Join the process group when launched by torchrun (or by poprun on the IPU path,
+    ``groupbert.ipu.popdist.join_pod``); returns the rank's view and its device."""
     env = env_from_environment()
+    if cfg.runtime.on_ipu:
+        from groupbert.ipu.popdist import join_pod
+        pod = join_pod(cfg, env.enabled)
+        if pod is None:
+            return DistEnv(), device
+        env = DistEnv(pod.instance_index, pod.num_instances, pod.instance_index)
+        check_world_size(cfg, env.world_size)
+        if not env.is_main:
+            logging.getLogger("groupbert").setLevel(logging.WARNING)
+        logger.info("poprun: instance %d of %d, %d of %d replicas, %d IPUs each", env.rank, env.world_size,
+                    pod.local_replicas, pod.total_replicas, pod.ipus_per_replica)
+        return env, device
     if not env.enabled:
         return env, device
     check_world_size(cfg, env.world_size)
@@ -112,33 +122,6 @@ def setup_distributed(cfg: RunConfig, device: torch.device) -> tuple[DistEnv, to
     logger.info("distributed: %d processes (%s), global batch %d = %d per rank per step", env.world_size,
                 dist.get_backend(), cfg.global_batch_size, cfg.global_batch_size // env.world_size)
     return env, device
-
-
-def _setup_poprun(cfg: RunConfig) -> DistEnv:
-    """IPU path: one process per PopRun instance (``groupbert.ipu.popdist``). The instances' replicas
-    reduce gradients among themselves (IPU-Links; in the emulator, gloo); the host-side gloo group here
-    carries the logging sums and barriers, with instance 0 writing the run directory."""
-    from groupbert.ipu.popdist import check_popdist_config, popdist_env
-    if env_from_environment().enabled:
-        raise ConfigError("torchrun launches the CPU/CUDA path; IPU pods are launched with poprun "
-                          "(see the README's PopRun section)", key="runtime.backend")
-    pod = popdist_env()
-    if pod is None:
-        return DistEnv()
-    check_popdist_config(cfg, pod)
-    env = DistEnv(pod.instance_index, pod.num_instances, pod.instance_index)
-    check_world_size(cfg, env.world_size)
-    if env.enabled and not dist.is_initialized():
-        # poprun starts the instances through mpirun; MASTER_ADDR/MASTER_PORT (exported to every instance,
-        # e.g. poprun --mpi-global-args="-x MASTER_ADDR -x MASTER_PORT") name instance 0's host
-        addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", "29500")
-        dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=env.rank,
-                                world_size=env.world_size)
-    if not env.is_main:
-        logging.getLogger("groupbert").setLevel(logging.WARNING)
-    logger.info("poprun: instance %d of %d, %d of %d replicas, %d IPUs each", env.rank, env.world_size,
-                pod.local_replicas, pod.total_replicas, pod.ipus_per_replica)
-    return env
 
 
 def wrap_model(model: torch.nn.Module, env: DistEnv, device: torch.device) -> torch.nn.Module:
@@ -162,13 +145,3 @@ def cleanup(env: DistEnv, ok: bool = True) -> None:
         if ok:
             dist.barrier()
         dist.destroy_process_group()
-
-
-class NullRunLog:
-    """The run log on ranks other than 0: records are rank 0's to write."""
-
-    def log(self, record: dict) -> None:
-        pass
-
-    def close(self, exit_code: int = 0) -> None:
-        pass

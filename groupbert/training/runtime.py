@@ -1,7 +1,11 @@
-"""What every job sets up before it touches data: the run directory's state, the device, precision, seeds."""
+"""Where and how a job runs, set up before it touches data: threads, kernels, device, precision, seeds,
+the process group, and whether PopTorch steps the model. The rest of the code asks this object."""
 from __future__ import annotations
 
 import logging
+import os
+import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -9,14 +13,44 @@ import torch
 
 from groupbert.config import ConfigError, RunConfig
 from groupbert.training import checkpoint as ckpt_io
+from groupbert.training.distributed import DistEnv, setup_distributed
 from groupbert.training.precision import autocast_context
 
 logger = logging.getLogger(__name__)
 
 
-def select_device(backend: str) -> torch.device:
+@dataclass
+class Runtime:
+    device: torch.device     # the host device; on IPUs the model's home between host calls (CPU)
+    autocast: Callable       # context manager: bf16/fp16 autocast or nothing (runtime.precision)
+    dist: DistEnv            # this process's rank among torchrun ranks or PopRun instances
+    on_ipu: bool             # PopTorch runs the training step (groupbert.ipu.backend)
+
+
+def setup_runtime(cfg: RunConfig) -> Runtime:
+    """Threads, custom ops, device, autocast (bf16 on CUDA by default), seeds and the process group; on the
+    IPU backends PopTorch's rules are checked first (``groupbert.ipu.rules``), before any work."""
+    if cfg.runtime.on_ipu:
+        from groupbert.ipu.rules import check_run_config
+        check_run_config(cfg)
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    _setup_custom_ops(cfg.runtime.custom_ops)
+    device = select_device(cfg)
+    if device.type == "cuda":
+        logger.info("custom ops are CPU kernels: on CUDA the conv runs cuDNN through F.conv1d and the optimizers "
+                    "their foreach path")
+    autocast = autocast_context(cfg.runtime.precision, device)  # fp16's loss scaler: precision.build_loss_scaler
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    dist_env, device = setup_distributed(cfg, device)  # torchrun / poprun: this process's share; else one
+    return Runtime(device, autocast, dist_env, cfg.runtime.on_ipu)
+
+
+def select_device(cfg: RunConfig) -> torch.device:
     """The host device; the IPU backends keep the model on the CPU host and run it through PopTorch."""
-    if backend in ("ipu", "ipu-model"):
+    backend = cfg.runtime.backend
+    if cfg.runtime.on_ipu:
         return torch.device("cpu")
     if backend == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA was requested but torch sees no GPU", key="runtime.backend")
@@ -33,65 +67,12 @@ def open_run(run_dir: Path, resume: bool) -> Optional[ckpt_io.Checkpoint]:
     return ckpt_io.read_checkpoint(run_dir) if resume else None
 
 
-def setup_runtime(cfg: RunConfig) -> tuple[torch.device, Callable]:
-    """Threads, device, the autocast context (bf16 on CUDA by default, ``runtime.precision``) and the seeds."""
-    import random
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    _setup_custom_ops(cfg.runtime.custom_ops)
-    device = select_device(cfg.runtime.backend)
-    if device.type == "cuda":
-        logger.info("custom ops are CPU kernels: on CUDA the conv runs cuDNN through F.conv1d and the optimizers "
-                    "their foreach path")
-    autocast = autocast_context(cfg.runtime.precision, device)  # fp16's loss scaler: precision.build_loss_scaler
-    random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    return device, autocast
-
-
 def _setup_custom_ops(config_mode: str) -> None:
     """Pick the C++ kernels or the PyTorch reference for this run and say which (an unbuilt library in
     ``on`` mode is a CustomOpsError, reported with exit 2)."""
-    import os
-
     import custom_ops
     from custom_ops import _build
     env = os.environ.get(_build.ENV_MODE)
     custom_ops.set_mode(None if env else config_mode)
     for name, how in custom_ops.status().items():
         logger.info("custom op %s: %s%s", name, how, f" ({_build.ENV_MODE}={env})" if env else "")
-
-
-def build_run_optimizer(model: torch.nn.Module, cfg: RunConfig):
-    """The optimizer for ``model``: ours on CPU/CUDA; on the IPU backends the model is pipelined first and
-    the optimizer is PopTorch's (AdamW/LAMB, updated on device). Returns (optimizer, poptorch or None)."""
-    if cfg.runtime.backend not in ("ipu", "ipu-model"):
-        from groupbert.training.optim import build_optimizer
-        return build_optimizer(model, cfg.optimizer), None
-    from groupbert.ipu import USING_EMULATOR, poptorch
-    from groupbert.ipu.options import build_ipu_optimizer
-    from groupbert.ipu.pipeline import parallelize
-    if cfg.runtime.backend == "ipu" and (USING_EMULATOR or not poptorch.ipuHardwareIsAvailable()):
-        raise ConfigError("runtime.backend ipu needs IPU hardware and the Poplar SDK's PopTorch; use "
-                          "ipu-model to run the same code path on the IPU Model or the built-in emulator",
-                          key="runtime.backend")
-    if cfg.ipu.half and USING_EMULATOR:
-        logger.warning("ipu.half: the emulator computes in fp32; fp16 applies on IPU hardware only")
-    parallelize(model, cfg.ipu.layers_per_ipu, recompute=cfg.ipu.recompute)
-    return build_ipu_optimizer(model, cfg), poptorch
-
-
-def restore_run(ckpt: ckpt_io.Checkpoint, model: torch.nn.Module, optimizer, batches,
-                scaler=None) -> tuple[int, Optional[str]]:
-    """Weights, optimizer state, fp16 loss scale, data position and RNG from ``ckpt``; returns (step, W&B run id)."""
-    ckpt_io.load_model_weights(model, ckpt)
-    ckpt_io.load_optimizer_state(optimizer, ckpt)
-    if scaler is not None:
-        scaler.load_state_dict(ckpt.state.get("loss_scaler"))
-    try:
-        batches.load_state_dict(ckpt.state["data"])
-    except ValueError as e:
-        raise ckpt_io.CheckpointError(f"{ckpt.path}: {e}") from None
-    ckpt_io.restore_rng(ckpt)
-    logger.info("resuming from %s (step %d)", ckpt.path, ckpt.step)
-    return ckpt.step, ckpt.state.get("run_id")

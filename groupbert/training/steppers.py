@@ -1,25 +1,22 @@
-"""One optimizer step (or one IPU host call of ``device_iterations`` steps) of pretraining, for any task
-(``groupbert.training.tasks``: MLM + NSP or causal LM), and the SQuAD IPU step.
+"""One optimizer step (or one IPU host call of ``device_iterations`` steps) for any task.
 
 ``HostStepper`` runs on CPU/CUDA: ``micro_batches_per_step`` forward/backward passes, losses averaged,
-global gradient clipping, the optimizer step. ``IPUStepper`` hands the same micro-batches, concatenated
-in PopART's order ``[device_iterations, gradient_accumulation, replicas, micro_batch]``, to a PopTorch
-``trainingModel`` (real PopTorch or the built-in emulator), which averages the gradients over
-micro-batches and replicas (``ReductionType.Mean``) and updates on device. Both consume micro-batches in
-the same order, so the two paths train on the same samples.
+global gradient clipping, the optimizer step, the schedule. ``IPUStepper`` draws the same micro-batches and
+hands them to ``groupbert.ipu.backend.IPUTrainer``, which runs them through PopTorch (real or emulated) and
+updates on device with the gradients averaged over micro-batches and replicas. Both consume micro-batches in
+the same order, so the two paths train on the same samples. Under torchrun or PopRun (``dist``) each process
+runs its share of the step's micro-batches and the logging sums are added up over the processes.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 
 from groupbert.training.distributed import DistEnv, check_world_size, no_sync
 from groupbert.training.precision import LossScaler, advance_schedule
-from groupbert.training.tasks import Sums
+from groupbert.training.task import Sums
 
 
 @dataclass
@@ -32,14 +29,18 @@ class StepResult:
 
 
 class HostStepper:
-    def __init__(self, model, optimizer, schedule, cfg, device, autocast, task, update_metrics=None, scaler=None,
-                 dist_env=None):
-        """``model`` is what runs forward/backward: the DDP wrapper under torchrun (``dist_env``)."""
-        self.model, self.optimizer, self.schedule, self.cfg = model, optimizer, schedule, cfg
-        self.device, self.autocast, self.task, self.update_metrics = device, autocast, task, update_metrics
-        self.scaler = scaler if scaler is not None else LossScaler(device, enabled=False)
-        self.dist = dist_env if dist_env is not None else DistEnv()
-        self.steps_per_call = 1
+    steps_per_call = 1
+
+    def __init__(self, model, optimizer, cfg, runtime, task, update_metrics=None, scaler=None):
+        """``model`` is what runs forward/backward: the DDP wrapper under torchrun."""
+        self.model, self.optimizer, self.cfg, self.task = model, optimizer, cfg, task
+        self.device, self.autocast, self.dist = runtime.device, runtime.autocast, runtime.dist
+        self.update_metrics = update_metrics
+        self.scaler = scaler if scaler is not None else LossScaler(runtime.device, enabled=False)
+        self.schedule = None
+
+    def start(self, schedule) -> None:
+        self.schedule = schedule
 
     def run(self, batches, step: int) -> StepResult:
         cfg, task = self.cfg, self.task
@@ -76,82 +77,22 @@ class HostStepper:
 
 
 class IPUStepper:
-    """Under PopRun (``dist_env``: one process per instance) each instance feeds its own replicas: its
-    share of the step's micro-batches, and the logging sums are added up over the instances."""
+    """Under PopRun each instance feeds its own replicas its share of the step's micro-batches."""
 
-    def __init__(self, model, cfg, poptorch, optimizer, schedule, options, task, dist_env=None):
-        self.cfg, self.poptorch, self.optimizer, self.schedule, self.task = cfg, poptorch, optimizer, schedule, task
-        self.dist = dist_env if dist_env is not None else DistEnv()
-        self.steps_per_call = cfg.ipu.device_iterations
-        self.device_model = task.device_module(model, poptorch)
-        self.executor = poptorch.trainingModel(self.device_model, options=options, optimizer=optimizer)
+    def __init__(self, trainer, cfg, task, dist: DistEnv):
+        self.trainer, self.cfg, self.task, self.dist = trainer, cfg, task, dist
+        self.optimizer = trainer.optimizer
+        self.steps_per_call = trainer.steps_per_call
+
+    def start(self, schedule) -> None:
+        self.trainer.start(schedule)
 
     def run(self, batches, step: int) -> StepResult:
         n_micro = self.steps_per_call * check_world_size(self.cfg, self.dist.world_size)
-        micro = [next(batches) for _ in range(n_micro)]
-        combined = {k: torch.cat([b[k] for b in micro]) for k in self.task.batch_keys}
         lr = self.optimizer.param_groups[0]["lr"]
-        outs = torch.stack([t.sum().double() for t in self.executor(**combined)])
-        *rest, loss = self.dist.all_reduce_sum(outs).tolist()  # the task's sums, loss last; all instances
-        # PopTorch changes hyperparameters per host call: advance the schedule, then upload it. The host
-        # optimizer never steps (PopART updates on device), which LambdaLR would warn about.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            for _ in range(self.steps_per_call):
-                self.schedule.step()
-        self.executor.setOptimizer(self.optimizer)
-        return StepResult(Sums(self.task.sum_names, [loss, *rest], n_micro * self.dist.world_size), lr)
+        sums = self.trainer.run([next(batches) for _ in range(n_micro)])
+        total = self.dist.all_reduce_sum(torch.tensor(sums, dtype=torch.float64)).tolist()  # all instances
+        return StepResult(Sums(self.task.sum_names, total, n_micro * self.dist.world_size), lr)
 
     def sync_to_host(self) -> None:
-        """Weights (and, through the optimizer object, its state) back on the host for eval/checkpoints.
-        Before the first call nothing has left the host (and PopTorch refuses to copy)."""
-        if self.executor.isCompiled():
-            self.executor.copyWeightsToHost()
-
-
-class QAOnDevice(nn.Module):
-    """SQuAD span model on the IPU: only the loss crosses to the host."""
-
-    def __init__(self, model: nn.Module, poptorch):
-        super().__init__()
-        self.model, self._poptorch = model, poptorch
-
-    def forward(self, input_ids, token_type_ids, attention_mask, start_positions, end_positions, position_ids=None,
-                segment_ids=None):
-        out = self.model(input_ids, token_type_ids, attention_mask, start_positions, end_positions, position_ids,
-                         segment_ids)
-        return self._poptorch.identity_loss(out.loss, reduction="none")
-
-
-class QAIPUStepper:
-    """``device_iterations`` SQuAD fine-tuning steps per host call through ``poptorch.trainingModel``."""
-
-    KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions", "position_ids",
-            "segment_ids")
-
-    def __init__(self, model, cfg, poptorch, optimizer, schedule, options, dist_env=None):
-        self.cfg, self.optimizer, self.schedule = cfg, optimizer, schedule
-        self.dist = dist_env if dist_env is not None else DistEnv()
-        self.steps_per_call = cfg.ipu.device_iterations
-        self.executor = poptorch.trainingModel(QAOnDevice(model, poptorch), options=options, optimizer=optimizer)
-
-    def run(self, batches) -> tuple[float, int, float, float]:
-        """Returns (sum of micro-batch losses, number of micro-batches, lr used, features trained on)."""
-        n_micro = self.steps_per_call * check_world_size(self.cfg, self.dist.world_size)
-        micro = [next(batches) for _ in range(n_micro)]
-        combined = {k: torch.cat([b[k] for b in micro]) for k in self.KEYS if k in micro[0]}
-        features = float((combined["start_positions"] >= 0).sum()) * self.dist.world_size
-        lr = self.optimizer.param_groups[0]["lr"]
-        # OutputMode.Sum: summed over the host call; under PopRun also over the instances
-        loss = float(self.dist.all_reduce_sum(self.executor(**combined).sum().double().reshape(1)))
-        n_micro *= self.dist.world_size
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            for _ in range(self.steps_per_call):
-                self.schedule.step()
-        self.executor.setOptimizer(self.optimizer)
-        return loss, n_micro, lr, features
-
-    def sync_to_host(self) -> None:
-        if self.executor.isCompiled():
-            self.executor.copyWeightsToHost()
+        self.trainer.sync_to_host()

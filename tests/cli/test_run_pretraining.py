@@ -57,7 +57,7 @@ def test_resume_of_a_directory_without_run_exits_2(tmp_path):
 def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
     cfgfile = ROOT / "configs/groupbert/tiny_phase1.yaml"
     common = _sets(tmp_path, "train.max_steps=200", "train.checkpoint_every=10", "train.keep_checkpoints=2", "train.eval_every=0",
-                   "schedule.warmup=4")
+                   "schedule.warmup_steps=4")
     full = tmp_path / "full"
     assert run_cli("--config", str(cfgfile), "--output-dir", str(full), "--quiet", *common).returncode == 0
 

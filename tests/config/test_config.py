@@ -25,7 +25,7 @@ def test_shipped_pretraining_configs_load_with_phase_invariants(path):
         assert cfg.data.seq_len == 128
     else:
         assert cfg.data.seq_len in (384, 512)
-        assert cfg.model.init_checkpoint, "phase 2 starts from a phase-1 checkpoint"
+        assert cfg.train.init_checkpoint, "phase 2 starts from a phase-1 checkpoint"
     assert cfg.model.type == Path(path).parent.name
 
 
@@ -41,11 +41,40 @@ def test_real_recipes_have_published_sizes_and_batches(name, hidden, layers, bat
 
 def test_defaults_and_derived():
     cfg = load_config(None, ["model.hidden_size=128", "model.num_heads=2", "train.max_steps=200",
-                             "schedule.warmup=0.25"])
-    assert cfg.model.eps == 1e-3 and cfg.warmup_steps == 50
+                             "schedule.warmup_fraction=0.25"])
+    assert cfg.model.eps == 1e-3 and cfg.warmup_steps_for(200) == 50 and cfg.warmup_steps_for(10) == 2
     assert load_config(None, ["model.type=bert"]).model.eps == 1e-12
-    assert load_config(None, ["schedule.warmup=30"]).warmup_steps == 30
-    assert load_config(None, ["schedule.warmup=0"]).warmup_steps == 0
+    assert load_config(None, ["schedule.warmup_steps=30"]).warmup_steps_for(1000) == 30
+    assert load_config(None, ["schedule.warmup_steps=30"]).warmup_steps_for(20) == 20   # at most the run
+    assert load_config(None, ["schedule.warmup_steps=0"]).warmup_steps_for(1000) == 0
+
+
+def test_renamed_keys_are_refused_naming_the_new_ones(tmp_path):
+    with pytest.raises(ConfigError, match="renamed: use schedule.warmup_steps .* or schedule.warmup_fraction") as e:
+        load_config(None, ["schedule.warmup=0.1"])
+    assert e.value.key == "schedule.warmup"
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  init_checkpoint: runs/x\n")
+    with pytest.raises(ConfigError, match="renamed: use train.init_checkpoint") as e:
+        load_config(old)
+    assert e.value.key == "model.init_checkpoint" and "old.yaml" in str(e.value)
+
+
+def test_one_warmup_unit_per_layer(tmp_path):
+    """A file (or --set) that gives one warmup key replaces the other from the file it extends; one layer
+    giving both is an error."""
+    base = tmp_path / "base.yaml"
+    base.write_text("schedule:\n  warmup_steps: 100\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nschedule:\n  warmup_fraction: 0.2\n")
+    cfg = load_config(child, ["train.max_steps=1000"])
+    assert (cfg.schedule.warmup_steps, cfg.warmup_steps_for(1000)) == (None, 200)
+    assert load_config(base, ["schedule.warmup_fraction=0.3"]).warmup_steps_for(1000) == 300
+    assert load_config(child, ["schedule.warmup_steps=7"]).warmup_steps_for(1000) == 7
+    both = tmp_path / "both.yaml"
+    both.write_text("schedule:\n  warmup_steps: 5\n  warmup_fraction: 0.2\n")
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(both)
 
 
 @pytest.mark.parametrize("override,key,fragment", [
@@ -60,7 +89,8 @@ def test_defaults_and_derived():
     ("model.type=gpt9", "model.type", "not one of"),
     ("logging.progress_bar=maybe", "logging.progress_bar", "true/false"),
     ("data.seq_len=1024", "data.seq_len", "exceeds model.max_positions"),
-    ("schedule.warmup=2.5", "schedule.warmup", "must be an integer"),
+    ("schedule.warmup_fraction=2.5", "schedule.warmup_fraction", "must be <= 1"),
+    ("schedule.warmup_steps=2.5", "schedule.warmup_steps", "expected an integer"),
     ("ipu.layers_per_ipu=[1,2]", "ipu.layers_per_ipu", "sum to model.num_layers"),
     ("model.num_heads=5", "model.num_heads", "not divisible"),
 ])
@@ -118,7 +148,7 @@ def test_saved_config_round_trips(tmp_path):
 def test_real_recipes_use_lamb_with_published_settings(name, lr, warmup, bias_correction):
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.optimizer.name == "lamb" and cfg.optimizer.lr == lr
-    assert cfg.warmup_steps == warmup and cfg.optimizer.bias_correction is bias_correction
+    assert cfg.warmup_steps_for(cfg.train.max_steps) == warmup and cfg.optimizer.bias_correction is bias_correction
     if name.startswith("groupbert"):
         assert cfg.schedule.name == "polynomial" and cfg.schedule.warmup_power == 0.5
 

@@ -8,13 +8,13 @@ import torch
 import custom_ops
 from groupbert.config import ConfigError, load_config
 from groupbert.training.checkpoint import read_checkpoint
-from groupbert.training.pretrain import pretrain
+from groupbert.tasks.pretraining import pretrain
 from safetensors.torch import load_file
 
 TINY = ["model.hidden_size=32", "model.num_layers=4", "model.num_heads=2", "model.intermediate_size=64",
         "data.seq_len=64", "data.max_predictions=10", "data.max_documents=8", "data.validation_fraction=0.2",
         "train.micro_batch_size=2", "train.checkpoint_every=0", "train.eval_batches=2",
-        "schedule.name=constant", "schedule.warmup=0", "logging.progress_bar=false", "runtime.threads=2"]
+        "schedule.name=constant", "schedule.warmup_steps=0", "logging.progress_bar=false", "runtime.threads=2"]
 
 
 def _cfg(tmp_path, *extra):
@@ -50,18 +50,29 @@ def test_emulated_pipeline_equals_plain_training(tmp_path, optimizer, packing):
         _records(cpu_run, "eval")[-1]["eval_mlm_loss"], rel=1e-5)
 
 
-def test_ipu_backend_rules_are_checked_at_config_load():
+def test_ipu_backend_rules_are_checked_before_any_work(tmp_path):
+    """PopTorch's rules live in groupbert.ipu.rules; a job checks them first, before it prepares data."""
+    from groupbert.ipu.rules import check_run_config
+
+    def cfg(*sets):
+        return load_config(None, ["runtime.backend=ipu-model", *sets])
+
     with pytest.raises(ConfigError, match="multiple of ipu.device_iterations"):
-        load_config(None, ["runtime.backend=ipu-model", "ipu.device_iterations=3", "train.max_steps=10"])
+        check_run_config(cfg("ipu.device_iterations=3", "train.max_steps=10"))
     with pytest.raises(ConfigError, match="cannot run on the IPU") as e:
-        load_config(None, ["runtime.backend=ipu-model", "optimizer.name=lion"])
+        check_run_config(cfg("optimizer.name=lion"))
     assert e.value.key == "optimizer.name"
     with pytest.raises(ConfigError, match="no gradient clipping"):
-        load_config(None, ["runtime.backend=ipu-model", "optimizer.name=lamb"])
+        check_run_config(cfg("optimizer.name=lamb"))
     with pytest.raises(ConfigError, match="at least 2 x 5 - 1 = 9") as e:
-        load_config(None, ["runtime.backend=ipu-model", "ipu.layers_per_ipu=[3,3,3,3]",
-                           "train.gradient_accumulation=4"])
+        check_run_config(cfg("ipu.layers_per_ipu=[3,3,3,3]", "train.gradient_accumulation=4"))
     assert e.value.key == "train.gradient_accumulation"
+    with pytest.raises(ConfigError, match="use ipu.half"):
+        check_run_config(cfg("runtime.precision=fp16"))
+    with pytest.raises(ConfigError, match="no gradient clipping"):
+        pretrain(_cfg(tmp_path, "runtime.backend=ipu-model", "optimizer.name=lamb",
+                      f"data.cache_dir={tmp_path / 'never'}"), tmp_path / "run")
+    assert not (tmp_path / "never").exists() and not (tmp_path / "run").exists()
 
 
 def test_hardware_backend_without_an_ipu_is_a_clear_error(tmp_path):

@@ -14,7 +14,7 @@ from groupbert.config import ConfigError, load_config
 from groupbert.ipu import poptorch
 from groupbert.ipu.options import build_options
 from groupbert.ipu.popdist import check_popdist_config, popdist_env
-from groupbert.training.pretrain import pretrain
+from groupbert.tasks.pretraining import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 POD = {"POPDIST_NUM_TOTAL_REPLICAS": "16", "POPDIST_NUM_LOCAL_REPLICAS": "4", "POPDIST_NUM_IPUS_PER_REPLICA": "4",
@@ -75,7 +75,7 @@ def test_emulator_refuses_instances_without_a_process_group(monkeypatch):
 TINY = ["model.hidden_size=32", "model.num_layers=4", "model.num_heads=2", "model.intermediate_size=64",
         "data.seq_len=64", "data.max_predictions=10", "data.max_documents=8", "data.validation_fraction=0.2",
         "train.micro_batch_size=2", "train.checkpoint_every=0", "train.eval_batches=2", "train.max_steps=2",
-        "schedule.name=constant", "schedule.warmup=0", "logging.progress_bar=false", "runtime.threads=1",
+        "schedule.name=constant", "schedule.warmup_steps=0", "logging.progress_bar=false", "runtime.threads=1",
         "logging.log_every=1", "optimizer.name=lamb", "optimizer.lr=2e-3", "train.max_grad_norm=0",
         "runtime.backend=ipu-model", "ipu.layers_per_ipu=[1,1,1,1]", "train.gradient_accumulation=9",
         "ipu.replication_factor=2", "logging.wandb.mode=disabled"]

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from groupbert.config import load_config
-from groupbert.squad.finetune import finetune
+from groupbert.tasks.squad import finetune
 from squad_fixtures import write_nested
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def test_cli_bad_data_exits_2(tmp_path):
     bad.write_text("{not json")
     out = subprocess.run([sys.executable, str(ROOT / "run_squad.py"), "--config",
                           str(ROOT / "configs/squad/tiny_minilm.yaml"), "--quiet",
-                          "--set", f"squad.train_file={bad}", "--set", "model.init_checkpoint=null",
+                          "--set", f"squad.train_file={bad}", "--set", "train.init_checkpoint=null",
                           "--output-dir", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT,
                          env={**__import__("os").environ, "WANDB_MODE": "disabled"})
     assert out.returncode == 2 and "bad.json" in out.stderr
@@ -72,7 +72,7 @@ def test_ipu_emulator_finetune_equals_cpu(tmp_path):
     common = [o for o in TINY if not o.startswith(replaced)] + [
         f"squad.train_file={data}", f"squad.dev_file={data}", "train.micro_batch_size=1",
         "train.gradient_accumulation=5", "ipu.replication_factor=2", "train.checkpoint_every=2",
-        "logging.log_every=2", "train.max_grad_norm=0", "schedule.name=constant", "schedule.warmup=0",
+        "logging.log_every=2", "train.max_grad_norm=0", "schedule.name=constant", "schedule.warmup_steps=0",
         "optimizer.eps=1e-6"]
     finetune(load_config(None, common + ["runtime.backend=cpu"]), tmp_path / "cpu")
     finetune(load_config(None, common + ["runtime.backend=ipu-model", "ipu.device_iterations=2",

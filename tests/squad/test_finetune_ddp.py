@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from groupbert.config import load_config
-from groupbert.squad.finetune import finetune
+from groupbert.tasks.squad import finetune
 from squad_fixtures import write_nested
 from test_finetune import TINY
 

@@ -23,8 +23,18 @@ def test_best_valid_span():
     start = np.array([9.0, 8, 0, 0, 5, 0, 0, 7])   # CLS / question / SEP are never chosen
     end = np.array([9.0, 0, 0, 0, 0, 4, 0, 9])
     ex = [{"id": "a", "context": CONTEXT}]
-    preds = postprocess_predictions(ex, _features([OFFSETS], [0]), start[None], end[None])
+    preds, nbest = postprocess_predictions(ex, _features([OFFSETS], [0]), start[None], end[None])
     assert preds == {"a": "beta gamma"}
+    # Hugging Face run_qa's n-best: the best candidates over all windows, a softmax over their scores;
+    best = nbest["a"]
+    # valid spans: starts alpha..delta x ends at or after them: 4 + 3 + 2 + 1 = 10 candidates
+    assert best[0]["text"] == "beta gamma" and len(best) == 10
+    assert (best[0]["start_logit"], best[0]["end_logit"]) == (5.0, 4.0)
+    scores = np.array([b["start_logit"] + b["end_logit"] for b in best])
+    assert np.all(np.diff(scores) <= 0)
+    expected = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    np.testing.assert_allclose([b["probability"] for b in best], expected)
+    assert abs(sum(b["probability"] for b in best) - 1) < 1e-12
 
 
 def test_end_before_start_and_max_length():
@@ -46,4 +56,8 @@ def test_best_over_windows_and_empty():
     end = np.array([[0, 0, 1.0, 0, 0], [0, 0, 0, 6.0, 0]])
     ex = [{"id": "a", "context": CONTEXT}, {"id": "b", "context": CONTEXT}]
     feats = _features([w0, w1], [0, 0])              # example b has no features at all
-    assert postprocess_predictions(ex, feats, start, end) == {"a": "gamma", "b": ""}
+    preds, nbest = postprocess_predictions(ex, feats, start, end)
+    assert preds == {"a": "gamma", "b": ""}
+    assert nbest["a"][0] == {"text": "gamma", "probability": nbest["a"][0]["probability"], "start_logit": 6.0,
+                             "end_logit": 6.0}
+    assert nbest["b"] == [{"text": "", "probability": 1.0, "start_logit": 0.0, "end_logit": 0.0}]

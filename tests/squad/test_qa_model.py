@@ -6,7 +6,8 @@ import torch
 
 from groupbert.config import ConfigError, ModelConfig
 from groupbert.models import build_model
-from groupbert.models.qa import BertForQuestionAnswering, load_qa_init
+from groupbert.models.qa import BertForQuestionAnswering
+from groupbert.training.initialize import initialize, minilm_dir
 from groupbert.training.checkpoint import CheckpointError, save_checkpoint
 
 TINY = dict(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_positions=64)
@@ -53,7 +54,7 @@ def test_matches_transformers_qa_dir(tmp_path):
     hf.save_pretrained(tmp_path, safe_serialization=True)
     cfg = ModelConfig(type="bert", **TINY, layer_norm_eps=1e-12)
     ours = BertForQuestionAnswering(cfg)
-    load_qa_init(ours, str(tmp_path))
+    initialize(ours, str(tmp_path))
     ours.eval()
     ids, tt, mask = _inputs()
     with torch.no_grad():
@@ -63,7 +64,7 @@ def test_matches_transformers_qa_dir(tmp_path):
     torch.testing.assert_close(a.end_logits, b.end_logits, atol=1e-5, rtol=1e-4)
     # the config's model section must describe the checkpoint; the mismatching key is named
     with pytest.raises(ConfigError, match="model.num_layers"):
-        load_qa_init(BertForQuestionAnswering(dataclasses.replace(cfg, num_layers=1)), str(tmp_path))
+        initialize(BertForQuestionAnswering(dataclasses.replace(cfg, num_layers=1)), str(tmp_path))
 
 
 def test_init_from_minilm_wheel():
@@ -71,9 +72,8 @@ def test_init_from_minilm_wheel():
     cfg = ModelConfig(type="bert", vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
                       intermediate_size=1536, max_positions=512)
     model = BertForQuestionAnswering(cfg)
-    load_qa_init(model, "minilm")
+    initialize(model, "minilm")
     from groupbert.models import BertModel
-    from groupbert.models.qa import minilm_dir
     ref = BertModel.from_pretrained_dir(str(minilm_dir()))
     torch.testing.assert_close(model.bert.embeddings.word_embeddings.weight, ref.embeddings.word_embeddings.weight)
 
@@ -87,12 +87,12 @@ def test_init_from_pretraining_checkpoint(tmp_path, mtype):
     save_checkpoint(tmp_path, 5, pre, None, {"model_config": dataclasses.asdict(cfg)})
     qa = BertForQuestionAnswering(dataclasses.replace(cfg, hidden_dropout=0.1))
     head_before = qa.qa_outputs.weight.clone()
-    load_qa_init(qa, str(tmp_path))
+    initialize(qa, str(tmp_path))
     for k, v in qa.bert.state_dict().items():
         torch.testing.assert_close(v, pre.bert.state_dict()[k])
     assert torch.equal(qa.qa_outputs.weight, head_before)  # the head stays new
     with pytest.raises(ConfigError, match="model.hidden_size"):
-        load_qa_init(BertForQuestionAnswering(dataclasses.replace(cfg, hidden_size=64, **(
+        initialize(BertForQuestionAnswering(dataclasses.replace(cfg, hidden_size=64, **(
             {"intermediate_size": 64} if mtype == "groupbert" else {}))), str(tmp_path))
     with pytest.raises(CheckpointError):
-        load_qa_init(qa, str(tmp_path / "missing"))
+        initialize(qa, str(tmp_path / "missing"))

@@ -12,7 +12,7 @@ from groupbert.data.columns import IGNORE_INDEX
 from groupbert.models.qa import BertForQuestionAnswering
 from groupbert.squad.dataset import load_squad
 from groupbert.squad.features import build_features, pack_features
-from groupbert.squad.finetune import finetune, predict_logits
+from groupbert.tasks.squad import finetune, predict_logits
 from squad_fixtures import write_nested
 from test_finetune import TINY
 

@@ -15,7 +15,7 @@ import torch
 from groupbert.config import ConfigError, load_config
 from groupbert.data.loader import EpochBatches
 from groupbert.training.distributed import check_world_size
-from groupbert.training.pretrain import pretrain
+from groupbert.tasks.pretraining import pretrain
 from tests.training.test_pretrain import TINY
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from groupbert.config import load_config
 from groupbert.data import load_corpus
 from groupbert.data.causal import train_bpe
 from groupbert.training.checkpoint import read_checkpoint
-from groupbert.training.pretrain import pretrain
+from groupbert.tasks.pretraining import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 

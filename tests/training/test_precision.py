@@ -115,8 +115,9 @@ def test_config_keys_are_strict():
             load_config(None, ["runtime.precision=fp16", f"runtime.loss_scale={bad}"])
     with pytest.raises(ConfigError, match="runtime.precision"):
         load_config(None, ["runtime.precision=fp8"])
+    from groupbert.ipu.rules import check_run_config   # PopTorch's rules: checked when a job starts
     with pytest.raises(ConfigError, match="runtime.precision.*ipu.half"):
-        load_config(None, ["runtime.precision=fp16", "runtime.backend=ipu-model"])
+        check_run_config(load_config(None, ["runtime.precision=fp16", "runtime.backend=ipu-model"]))
     with pytest.raises(ConfigError, match="runtime.loss_scale_growth_interval"):
         load_config(None, ["runtime.loss_scale_growth_interval=0"])
 
@@ -131,7 +132,7 @@ def test_fp16_pretraining_logs_scale_and_skips_and_resumes(tmp_path):
     """A tiny fp16 run whose first scale (2^40) overflows: the first steps are skipped and the scale
     halves each time until the gradients fit; the checkpoint carries the scaler state."""
     from groupbert.training.checkpoint import read_checkpoint
-    from groupbert.training.pretrain import pretrain
+    from groupbert.tasks.pretraining import pretrain
     from tests.training.test_pretrain import TINY
     cfg = load_config(None, TINY + [f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=6",
                                     "train.eval_batches=1", "runtime.precision=fp16",

@@ -10,12 +10,12 @@ import torch
 from groupbert.config import ConfigError, load_config
 from groupbert.data import DataError
 from groupbert.training.checkpoint import CheckpointError, read_checkpoint
-from groupbert.training.pretrain import pretrain
+from groupbert.tasks.pretraining import pretrain
 
 TINY = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
         "data.seq_len=64", "data.max_predictions=10", "data.max_documents=6", "data.validation_fraction=0.2",
         "train.micro_batch_size=8", "train.max_steps=12", "train.checkpoint_every=4", "train.eval_batches=2",
-        "optimizer.lr=2e-3", "schedule.warmup=2", "logging.log_every=1", "logging.progress_bar=false",
+        "optimizer.lr=2e-3", "schedule.warmup_steps=2", "logging.log_every=1", "logging.progress_bar=false",
         "runtime.threads=2"]
 
 
@@ -70,7 +70,7 @@ def test_resume_reproduces_the_uninterrupted_losses(reference_run, tmp_path):
 
 def test_phase2_initialises_from_phase1_and_changes_seq_len(reference_run, tmp_path):
     tmp, run = reference_run
-    cfg = _cfg(tmp, f"model.init_checkpoint={run}", "data.seq_len=128", "data.max_predictions=20",
+    cfg = _cfg(tmp, f"train.init_checkpoint={run}", "data.seq_len=128", "data.max_predictions=20",
                "train.max_steps=2", "train.checkpoint_every=0", "train.micro_batch_size=4")
     out = tmp_path / "phase2"
     pretrain(cfg, out)
@@ -89,9 +89,10 @@ def test_refuses_to_overwrite_an_existing_run(reference_run):
 
 def test_init_checkpoint_with_other_architecture_is_rejected(reference_run, tmp_path):
     tmp, run = reference_run
-    cfg = _cfg(tmp, f"model.init_checkpoint={run}", "model.hidden_size=64")
-    with pytest.raises(CheckpointError, match="model.hidden_size"):
+    cfg = _cfg(tmp, f"train.init_checkpoint={run}", "model.hidden_size=64")
+    with pytest.raises(ConfigError, match="model.hidden_size") as e:   # the one architecture check
         pretrain(cfg, tmp_path / "x")
+    assert e.value.key == "model.hidden_size" and "set it to 32" in str(e.value)
 
 
 def test_vocab_that_does_not_fit_the_model_is_rejected(tmp_path):
@@ -120,7 +121,7 @@ def test_other_optimizers_train_and_log_update_metrics(tmp_path, name):
     lr = "2e-3" if name.startswith("lamb") else "1e-3"
     run = tmp_path / name
     pretrain(_cfg(tmp_path, f"optimizer.name={name}", f"optimizer.lr={lr}", "train.max_steps=4",
-                  "train.checkpoint_every=0", "logging.update_metrics_every=2", "schedule.warmup=0"), run)
+                  "train.checkpoint_every=0", "logging.update_metrics_every=2", "schedule.warmup_steps=0"), run)
     train = _records(run, "train")
     assert len(train) == 4 and all(math.isfinite(r["loss"]) for r in train)
     updates = _records(run, "update")
@@ -145,7 +146,7 @@ def _resume_from_step(tmp_path, full, step: int, extra):
 @pytest.mark.parametrize("name", ["lamb", "lion_ar"])
 def test_resume_is_exact_for_stateful_optimizers(tmp_path, name):
     extra = [f"optimizer.name={name}", "optimizer.lr=1e-3", "train.max_steps=6", "train.checkpoint_every=3",
-             "schedule.warmup=0"]
+             "schedule.warmup_steps=0"]
     full = tmp_path / "full"
     pretrain(_cfg(tmp_path, *extra), full)
     cut = _resume_from_step(tmp_path, full, 3, extra)
@@ -159,7 +160,7 @@ def test_packed_run_resumes_exactly_and_counts_sequences(tmp_path):
     """data.packing: the packed training rows are rebuilt identically on resume (seeded), the data position
     counts rows, and samples/s counts the sequences the rows hold."""
     extra = ["data.packing=true", "model.type=groupbert", "model.conv_group_size=16", "train.max_steps=6",
-             "train.checkpoint_every=3", "schedule.warmup=0", "data.short_seq_prob=1.0", "data.seq_len=128"]
+             "train.checkpoint_every=3", "schedule.warmup_steps=0", "data.short_seq_prob=1.0", "data.seq_len=128"]
     full = tmp_path / "full"
     pretrain(_cfg(tmp_path, *extra), full)
     run = _records(full, "run")[0]
@@ -178,7 +179,7 @@ def test_dynamic_masking_packed_run_resumes_exactly(tmp_path):
     """data.masking=dynamic: masks are drawn per (seed, epoch, instance) at load time, so a run resumed
     across an epoch boundary redraws exactly the masks of the uninterrupted run (packed rows too)."""
     extra = ["data.masking=dynamic", "data.packing=true", "model.type=groupbert", "model.conv_group_size=16",
-             "train.max_steps=16", "train.checkpoint_every=6", "schedule.warmup=0", "data.short_seq_prob=0.5",
+             "train.max_steps=16", "train.checkpoint_every=6", "schedule.warmup_steps=0", "data.short_seq_prob=0.5",
              "data.max_documents=1", "data.validation_fraction=0", "train.micro_batch_size=16"]
     full = tmp_path / "full"
     pretrain(_cfg(tmp_path, *extra), full)

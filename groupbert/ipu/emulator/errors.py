@@ -44,6 +44,8 @@ class OutOfMemoryError(Error):
     ``report`` holds the :class:`groupbert.ipu.emulator.memory.IpuMemory` rows of every IPU.
     """
 
+    bad_input = True   # groupbert.errors.BadInput: a model that does not fit its IPUs is a configuration error
+
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report

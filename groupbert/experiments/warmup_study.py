@@ -1,7 +1,7 @@
 """The warmup study of Kosson, Messmer & Jaggi (NeurIPS 2024, arXiv 2410.23922) on tiny GPT-2, one command.
 
-    python -m groupbert.studies.warmup --out runs/warmup-study          # default grid: ≈ 15 min on 2 idle cores
-    python -m groupbert.studies.warmup --out runs/warmup-study --workers 4 --steps 600
+    python -m groupbert.experiments.warmup_study --out runs/warmup-study          # default grid: ≈ 15 min on 2 idle cores
+    python -m groupbert.experiments.warmup_study --out runs/warmup-study --workers 4 --steps 600
 
 A grid over optimizer × warmup length × learning rate. Every cell is an ordinary ``run_pretraining.py``
 run of ``configs/gpt2/tiny.yaml`` (trapezoidal schedule, 50% linear cooldown, AdamW λ=0.1, β=(0.9, 0.95))
@@ -42,8 +42,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from groupbert.training.run_log import read_end
+
 REPO = Path(__file__).resolve().parents[2]
-logger = logging.getLogger("groupbert.studies.warmup")
+
+logger = logging.getLogger("groupbert.experiments.warmup_study")
 
 ADAM = {"optimizer.weight_decay": 0.1, "optimizer.beta1": 0.9, "optimizer.beta2": 0.95, "optimizer.eps": 1e-8}
 # Lion family: the optimizer's own betas (0.9, 0.99) or its preset's; ηλ kept equal to AdamW's.
@@ -136,7 +139,7 @@ def prepare_vocab(args, out: Path) -> list[str]:
 
 def run_overrides(cell: Cell, args, vocab_sets: list[str]) -> list[str]:
     _, opt_name, opt_sets, _ = OPTIMIZERS[cell.optimizer]
-    sets = [f"optimizer.name={opt_name}", f"optimizer.lr={cell.lr!r}", f"schedule.warmup={cell.warmup!r}",
+    sets = [f"optimizer.name={opt_name}", f"optimizer.lr={cell.lr!r}", f"schedule.warmup_fraction={cell.warmup!r}",
             "schedule.name=trapezoidal", "schedule.cooldown_fraction=0.5",
             f"train.max_steps={args.steps}", f"train.micro_batch_size={args.batch_size}",
             "train.gradient_accumulation=1", f"data.seq_len={args.seq_len}", f"model.max_positions={args.seq_len}",
@@ -194,10 +197,10 @@ def run_cell(cell: Cell, args, out: Path, vocab_sets: list[str]) -> Cell:
         cell.status, cell.error = "done", None
         cell.final_loss, cell.best_loss = done["final_loss"], done["best_loss"]
     else:
+        end = read_end(run_dir)   # how the run ended, from its own end record
         tail = (out / "runs" / f"{cell.name}.log").read_text(errors="replace").strip().splitlines()[-3:]
-        message = " | ".join(tail)
-        cell.status = "diverged" if "loss became" in message else "failed"
-        cell.error = message[-400:]
+        cell.status = "diverged" if end is not None and end["status"] == "diverged" else "failed"
+        cell.error = ((end or {}).get("error") or " | ".join(tail))[-400:]
         evals = [r for r in _read_metrics(run_dir) if r.get("kind") == "eval"]
         cell.best_loss = min((r["eval_loss"] for r in evals), default=None)
     return cell

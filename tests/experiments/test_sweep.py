@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from groupbert import cli
-from groupbert.sweep.__main__ import main as sweep_main
-from groupbert.sweep.spec import SweepError, load_sweep
+from groupbert.experiments.sweep.__main__ import main as sweep_main
+from groupbert.experiments.sweep.spec import SweepError, load_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = Path(__file__).with_name("fake_program.py")
@@ -120,7 +120,7 @@ def test_resume_after_the_agents_are_killed(tmp_path):
     path = _write(tmp_path, parameters={"x": {"values": [1.0, 2.0, 3.0, 4.0]}, "steps": {"value": 5},
                                         "pause": {"value": 0.15}})
     sweep_dir = tmp_path / "s"
-    cmd = [sys.executable, "-m", "groupbert.sweep", str(path), "--sweep-dir", str(sweep_dir), "--poll", "0.05"]
+    cmd = [sys.executable, "-m", "groupbert.experiments.sweep", str(path), "--sweep-dir", str(sweep_dir), "--poll", "0.05"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from groupbert.sweep.__main__ import main as sweep_main
+from groupbert.experiments.sweep.__main__ import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, EVAL_EVERY = 24, 4
@@ -25,7 +25,7 @@ SMALL = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "mod
          "data.seq_len=32", "data.max_predictions=5", "data.max_documents=8", "data.validation_fraction=0.2",
          "data.dupe_factor=1", "train.micro_batch_size=4", "train.eval_batches=2", "train.checkpoint_every=0",
          f"train.max_steps={STEPS}", f"train.eval_every={EVAL_EVERY}", "train.eval_at_start=false",
-         f"logging.log_every={EVAL_EVERY}", "schedule.name=constant", "schedule.warmup=0", "runtime.threads=1",
+         f"logging.log_every={EVAL_EVERY}", "schedule.name=constant", "schedule.warmup_steps=0", "runtime.threads=1",
          "runtime.custom_ops=off", "logging.wandb.mode=disabled"]
 
 

@@ -7,5 +7,5 @@ would: an on-disk run store shared by several agent processes (``store.py``), ag
 metric from ``metrics.jsonl`` (``agent.py``), validation of the sweep file (``spec.py``) and reports
 (``report.py``). The same file works with ``wandb sweep FILE`` + ``wandb agent`` (README "Sweeps").
 
-    python -m groupbert.sweep configs/sweeps/squad_tiny_bayes.yaml --agents 2
+    python -m groupbert.experiments.sweep configs/sweeps/squad_tiny_bayes.yaml --agents 2
 """

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 
-from groupbert.sweep.spec import Sweep
-from groupbert.sweep.store import RunStore
+from groupbert.experiments.sweep.spec import Sweep
+from groupbert.experiments.sweep.store import RunStore
 
 
 def final_value(record: dict, metric: str) -> float | None:

@@ -15,7 +15,7 @@ import yaml
 
 from groupbert.config import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 OUR_PROGRAMS = ("run_pretraining.py", "run_squad.py")
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 MACROS = {"${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}"}

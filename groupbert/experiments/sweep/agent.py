@@ -2,7 +2,7 @@
 hyperband says so, record how it ended; repeat until the sweep is done.
 
 The engine is W&B's own (``sweeps.next_run`` / ``sweeps.stop_runs``); what W&B's server would hold is
-the shared :class:`~groupbert.sweep.store.RunStore`. Hyperband's "iterations" are the records of
+the shared :class:`~groupbert.experiments.sweep.store.RunStore`. Hyperband's "iterations" are the records of
 ``metrics.jsonl`` that carry the sweep's metric, as W&B counts each ``wandb.log`` holding it.
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ import sys
 import time
 import warnings
 
-from groupbert.sweep.spec import OUR_PROGRAMS, REPO, Sweep, engine_config
-from groupbert.sweep.store import ENGINE_STATE, RunStore, last_step, read_history
+from groupbert.experiments.sweep.spec import OUR_PROGRAMS, REPO, Sweep, engine_config
+from groupbert.experiments.sweep.store import ENGINE_STATE, RunStore, last_step, read_history
+from groupbert.training.run_log import read_end
 
-logger = logging.getLogger("groupbert.sweep")
-DIVERGED_MARK = "loss became"  # what run_pretraining.py / run_squad.py print on a non-finite loss
+logger = logging.getLogger("groupbert.experiments.sweep")
 
 
 def _engine():
@@ -141,9 +141,10 @@ def execute(sweep: Sweep, store: RunStore, record: dict, python: str = sys.execu
         record["state"] = "stopped"
     elif proc.returncode == 0:
         record["state"] = "finished"
-    else:
-        record["state"] = "diverged" if any(DIVERGED_MARK in line for line in tail) else "failed"
-        record["error"] = "\n".join(tail)
+    else:  # the run's end record says how it ended; a run killed before writing one failed
+        end = read_end(run_dir)
+        record["state"] = "diverged" if end is not None and end["status"] == "diverged" else "failed"
+        record["error"] = (end or {}).get("error") or "\n".join(tail)
         logger.warning("%s: %s (exit %d); see %s", record["name"], record["state"], proc.returncode, log_path)
     store.write(record)
     return record

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from groupbert.studies import warmup
+from groupbert.experiments import warmup_study as warmup
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from groupbert.sweep.agent import _plain
+from groupbert.experiments.sweep.agent import _plain
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
@@ -86,10 +86,10 @@ def test_wandb_agent_command_line_is_accepted(path, tmp_path, monkeypatch):
         return {}
 
     if config["program"] == "run_pretraining.py":
-        import groupbert.training.pretrain as target
+        import groupbert.tasks.pretraining as target
         monkeypatch.setattr(target, "pretrain", capture)
     else:
-        import groupbert.squad.finetune as target
+        import groupbert.tasks.squad as target
         monkeypatch.setattr(target, "finetune", capture)
     monkeypatch.chdir(ROOT)  # wandb agent is started in the repository root
     monkeypatch.setattr(sys, "argv", argv[2:] + ["--output-dir", str(tmp_path / "run")])

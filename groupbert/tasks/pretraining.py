@@ -1,8 +1,10 @@
-"""The pretraining run's data: a prepared directory (``data.prepared``) or ``data.corpus`` prepared on first use.
+"""Pretraining jobs (``run_pretraining.py``): BERT / GroupBERT masked LM + NSP, or GPT-2 causal LM, trained
+by the one engine (``groupbert.training.engine``) on prepared data.
 
-Both go through ``groupbert.data.prepare``; there is one data path. A prepared directory's manifest decides
-the preparation settings: a ``data.*`` key the recipe leaves at its default takes the manifest's value (and
-the run's ``config.yaml`` records it); a key the recipe or ``--set`` gives with another value is an error
+The data are a prepared directory (``data.prepared``) or ``data.corpus`` prepared on first use; both go
+through ``groupbert.data.prepare``, so there is one data path. A prepared directory's manifest decides the
+preparation settings: a ``data.*`` key the recipe leaves at its default takes the manifest's value (and the
+run's ``config.yaml`` records it); a key the recipe or ``--set`` gives with another value is an error
 naming it, as is a different vocabulary or ``data.seq_len`` for MLM + NSP (the instances are built for it).
 """
 from __future__ import annotations
@@ -15,6 +17,10 @@ from groupbert.data.errors import DataError
 from groupbert.data.masking import MaskingSpec
 from groupbert.data.prepare import PrepareSettings, load_manifest, prepare_cached
 from groupbert.data.prepared import CausalLMData, MaskedLMData
+from groupbert.models import build_model
+from groupbert.tasks.causal_lm import CausalLMTask
+from groupbert.tasks.masked_lm import MaskedLMTask
+from groupbert.training import engine
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +102,28 @@ def prepare_data(cfg: RunConfig, show_progress: bool = True, verify: bool = True
                 "packed rows" if d.packing else "sequences", train.num_sequences,
                 val.num_sequences if val is not None else 0, d.seq_len)
     return train, val, digest, vocab_name
+
+
+def pretraining_job(cfg: RunConfig, runtime) -> engine.Job:
+    """Data, model and task of a pretraining run (``runtime`` decides which rank verifies checksums)."""
+    train, val, digest, vocab_name = prepare_data(cfg, show_progress=cfg.logging.progress_bar and runtime.dist.is_main,
+                                                  verify=runtime.dist.is_main)
+    t = cfg.train
+    if cfg.model.type == "gpt2":
+        task = CausalLMTask(val, t.micro_batch_size, t.eval_batches)
+    else:
+        task = MaskedLMTask(cfg.data.packing, val, t.micro_batch_size, t.eval_batches)
+    return engine.Job(task=task, model=build_model(cfg.model), train_data=train, total_steps=t.max_steps,
+                      checkpoint_state={"vocab_sha256": digest, "vocab_file": vocab_name},
+                      run_record={"train_sequences": train.num_sequences,
+                                  "validation_sequences": val.num_sequences if val is not None else 0})
+
+
+def pretrain(cfg: RunConfig, output_dir, resume: bool = False) -> dict:
+    """Run (or continue, with ``resume``) a pretraining job; returns the final evaluation record."""
+    return engine.train(cfg, output_dir, resume, pretraining_job)
+
+
+def evaluate(cfg: RunConfig, checkpoint, output_dir) -> dict:
+    """The validation split's metrics for a checkpoint, written to ``output_dir/eval_results.json``."""
+    return engine.evaluate(cfg, checkpoint, output_dir, pretraining_job)

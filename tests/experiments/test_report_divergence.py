@@ -2,7 +2,7 @@
 value stayed finite; a run that improved, a single value, or a maximized metric does not."""
 from types import SimpleNamespace
 
-from groupbert.sweep.report import trained_away
+from groupbert.experiments.sweep.report import trained_away
 
 LOSS = SimpleNamespace(metric="eval_loss", maximize=False)
 F1 = SimpleNamespace(metric="eval_f1", maximize=True)

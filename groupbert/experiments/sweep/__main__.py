@@ -1,4 +1,4 @@
-"""``python -m groupbert.sweep FILE [--agents N] [--sweep-dir DIR]``: run a sweep locally.
+"""``python -m groupbert.experiments.sweep FILE [--agents N] [--sweep-dir DIR]``: run a sweep locally.
 
 Starts N agent processes sharing ``DIR`` (default ``runs/sweeps/<file name>``), waits for them, and
 writes the report there. Run the same command again to resume an interrupted sweep: finished, stopped,
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import yaml
 
-from groupbert.sweep.agent import run_agent
-from groupbert.sweep.report import write_report
-from groupbert.sweep.spec import REPO, SweepError, load_sweep
-from groupbert.sweep.store import RunStore
+from groupbert.experiments.sweep.agent import run_agent
+from groupbert.experiments.sweep.report import write_report
+from groupbert.experiments.sweep.spec import REPO, SweepError, load_sweep
+from groupbert.experiments.sweep.store import RunStore
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m groupbert.sweep", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m groupbert.experiments.sweep", description=__doc__.splitlines()[0])
     p.add_argument("file", type=Path, help="sweep file in W&B's schema (configs/sweeps/)")
     p.add_argument("--sweep-dir", type=Path, help="run store and report (default runs/sweeps/<file name>)")
     p.add_argument("--agents", type=int, default=1, help="agent processes on this machine")
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         run_agent(sweep, store, poll=args.poll)
         return 0
     if not args.report_only:
-        cmd = [sys.executable, "-m", "groupbert.sweep", str(args.file.resolve()), "--sweep-dir",
+        cmd = [sys.executable, "-m", "groupbert.experiments.sweep", str(args.file.resolve()), "--sweep-dir",
                str(sweep_dir.resolve()), "--poll", str(args.poll), "--agent"]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         agents = [subprocess.Popen(cmd, env=env) for _ in range(args.agents)]

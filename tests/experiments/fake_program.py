@@ -1,6 +1,6 @@
 """A stand-in training program for the sweep tests: takes ``--output-dir DIR`` and ``--name=value``
 parameters, writes ``DIR/metrics.jsonl`` like our runs do (one eval record per step with
-``score = x + 1/(step+1)``), and can fail, diverge or run slowly on request."""
+``score = x + 1/(step+1)``, an end record last), and can fail, diverge or run slowly on request."""
 import json
 import sys
 import time
@@ -19,7 +19,10 @@ with open(out / "metrics.jsonl", "a") as f:
     for step in range(1, steps + 1):
         time.sleep(pause)
         if mode == "diverge" and step == 2:
-            print(f"FloatingPointError: loss became nan at step {step}; lower optimizer.lr", file=sys.stderr)
+            message = f"loss became nan at step {step}; lower optimizer.lr"
+            f.write(json.dumps({"step": step, "kind": "end", "status": "diverged", "error": message}) + "\n")
+            print(f"Diverged: {message}", file=sys.stderr)
             sys.exit(1)
         f.write(json.dumps({"step": step, "kind": "eval", "score": x + 1.0 / (step + 1)}) + "\n")
         f.flush()
+    f.write(json.dumps({"step": steps, "kind": "end", "status": "finished"}) + "\n")

@@ -1,1 +1,0 @@
-"""Experiments built from many training runs (each a normal ``run_pretraining.py`` run)."""

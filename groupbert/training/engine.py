@@ -1,0 +1,303 @@
+"""The training engine: one loop for every task (masked LM + NSP, causal LM, SQuAD, and any later one).
+
+:func:`train` owns a run: its directory (``config.yaml``, ``metrics.jsonl`` and W&B through ``RunLog``,
+atomic ``checkpoints/step-N/``), the starting weights (``train.init_checkpoint``) or the checkpoint it
+resumes from, the optimizer and schedule, the step on the host or the IPU (``steppers``), evaluation
+every ``train.eval_every`` steps (and at the start and the end) with the best checkpoint kept, progress
+with throughput, and the end record (``finished`` | ``diverged`` | ``failed``). A task (``training.task``)
+says what a batch holds, what to add up, how to evaluate and what to write at the end; a job's set-up
+function assembles its data, model and task (:class:`Job`). :func:`evaluate` runs the same task's
+evaluation on a checkpoint.
+
+One optimizer step is ``train.gradient_accumulation x ipu.replication_factor`` micro-batches of
+``train.micro_batch_size`` rows on any backend, so a recipe's numbers hold everywhere; ``--resume``
+continues from the latest checkpoint with the same data order, RNG and schedule, so its losses equal the
+uninterrupted run's.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from groupbert.config import ConfigError, RunConfig, save_config
+from groupbert.data.loader import EpochBatches
+from groupbert.training import checkpoint as ckpt_io
+from groupbert.training.checkpoint import CheckpointError
+from groupbert.training.distributed import cleanup, wrap_model
+from groupbert.training.initialize import check_architecture, check_vocabulary, initialize
+from groupbert.training.optim import build_optimizer
+from groupbert.training.precision import build_loss_scaler
+from groupbert.training.run_log import NullRunLog, RunLog
+from groupbert.training.runtime import Runtime, open_run, setup_runtime
+from groupbert.training.steppers import HostStepper, IPUStepper
+from groupbert.training.task import Sums, Task
+from optimizers import build_schedule
+from optimizers.update_metrics import UpdateMetrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """What a task's set-up hands the engine."""
+    task: Task
+    model: nn.Module
+    train_data: object                  # gather()-able prepared data or a datasets.Dataset
+    total_steps: int                    # optimizer steps of the whole run
+    checkpoint_state: dict = field(default_factory=dict)  # saved in every checkpoint (vocabulary, ...)
+    run_record: dict = field(default_factory=dict)        # added to the step-0 "run" record
+
+
+class Diverged(FloatingPointError):
+    """The training loss became non-finite; the run ends with status "diverged"."""
+
+
+def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Runtime], Job]) -> dict:
+    """Run (or continue, with ``resume``) a training job; returns what the task's ``finish`` returns."""
+    run_dir = Path(run_dir)
+    resume_ckpt = open_run(run_dir, resume)
+    runtime = setup_runtime(cfg)
+    dist = runtime.dist
+    with dist.main_first():  # rank 0 fills caches (prepared data, packed indexes), the others read them
+        job = setup(cfg, runtime)
+    task, model = job.task, job.model
+    vocab = job.checkpoint_state.get("vocab_sha256")
+    if resume_ckpt is not None:
+        _check_resumable(resume_ckpt, cfg, task, vocab)
+    elif cfg.train.init_checkpoint:
+        job.run_record["init_checkpoint"] = initialize(model, cfg.train.init_checkpoint, vocab)
+    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    model.to(runtime.device).train()
+
+    scaler = build_loss_scaler(cfg.runtime, runtime.device)
+    if runtime.on_ipu:
+        from groupbert.ipu.backend import IPUTrainer
+        from groupbert.ipu.rules import check_total_steps
+        check_total_steps(cfg, job.total_steps)
+        stepper = IPUStepper(IPUTrainer(model, cfg, task.batch_keys, task.sums), cfg, task, dist)
+        optimizer = stepper.optimizer
+    else:
+        optimizer = build_optimizer(model, cfg.optimizer)
+        every = cfg.logging.update_metrics_every
+        stepper = HostStepper(wrap_model(model, dist, runtime.device), optimizer, cfg, runtime, task,
+                              UpdateMetrics(model, every) if every else None, scaler)
+    try:
+        batches = EpochBatches(job.train_data, cfg.train.micro_batch_size, seed=cfg.train.seed, rank=dist.rank,
+                               world_size=dist.world_size)
+    except ValueError as e:
+        raise ConfigError(str(e), key="train.micro_batch_size") from None
+    step, run_id, best = 0, uuid.uuid4().hex[:8], None
+    if resume_ckpt is not None:
+        step, run_id, best = _restore(resume_ckpt, model, optimizer, batches, scaler, run_id)
+    warmup_steps = cfg.warmup_steps_for(job.total_steps)
+    s = cfg.schedule
+    schedule = build_schedule(optimizer, name=s.name, warmup_steps=warmup_steps, total_steps=job.total_steps,
+                              warmup_power=s.warmup_power, decay_power=s.decay_power, end_lr_ratio=s.end_lr_ratio,
+                              cooldown_fraction=s.cooldown_fraction, last_step=step)
+    stepper.start(schedule)
+
+    if dist.is_main:  # rank 0 writes the run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        run_log = RunLog(run_dir, cfg, run_id, resume_step=step if resume_ckpt is not None else None)
+    else:
+        run_log = NullRunLog()
+    if resume_ckpt is None:
+        run_log.log({"step": 0, "kind": "run", "task": task.name, "parameters": n_params,
+                     "device": str(runtime.device), "backend": cfg.runtime.backend, "world_size": dist.world_size,
+                     "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
+                     "total_steps": job.total_steps, "warmup_steps": warmup_steps, "train_rows": len(batches.dataset),
+                     **job.run_record})
+    logger.info("%s: %s %.2fM parameters on %s; %d steps of %d rows x %d tokens", task.name, cfg.model.type,
+                n_params / 1e6, "IPUs" if runtime.on_ipu else runtime.device, job.total_steps, cfg.global_batch_size,
+                cfg.data.seq_len)
+
+    def save(at_step: int) -> None:
+        if not dist.is_main:  # the weights and optimizer state are the same on every rank
+            return
+        stepper.sync_to_host()
+        ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
+            "task": task.name, "run_id": run_id, "data": batches.state_dict(), "model_config": asdict(cfg.model),
+            "scheduler_step": at_step, "loss_scaler": scaler.state_dict(), "best": best, **job.checkpoint_state},
+            keep=cfg.train.keep_checkpoints)
+
+    def run_eval(at_step: int) -> Optional[dict]:
+        if not dist.is_main:  # rank 0 evaluates the whole split
+            return None
+        t = time.perf_counter()
+        stepper.sync_to_host()  # evaluation runs the host model
+        record = _evaluate(task, model, runtime)
+        if record is None:
+            return None
+        record = {"step": at_step, "kind": "eval", **record, "eval_seconds": time.perf_counter() - t}
+        run_log.log(record)
+        logger.info("step %d evaluation: %s", at_step, task.describe_eval(record))
+        return record
+
+    def improved(record: Optional[dict], at_step: int) -> bool:
+        """Whether ``record`` is the best evaluation so far (tracked when evaluating during training)."""
+        nonlocal best
+        key, mode = task.best
+        if not cfg.train.eval_every or record is None or record.get(key) is None:
+            return False
+        value = record[key]
+        if best is not None and (value >= best["value"] if mode == "min" else value <= best["value"]):
+            return False
+        best = {"metric": key, "value": value, "step": at_step}
+        return True
+
+    last_eval, saved_step, status, error = None, None, "failed", None
+    window = _Window(task)
+    try:
+        if step == 0 and cfg.train.eval_at_start:
+            last_eval = run_eval(0)
+        bar = tqdm(total=job.total_steps, initial=step, disable=not (cfg.logging.progress_bar and dist.is_main),
+                   desc=task.name, unit="step", dynamic_ncols=True)
+        while step < job.total_steps:
+            t0 = time.perf_counter()
+            result = stepper.run(batches, step)
+            step += stepper.steps_per_call
+            window.add(result.sums, time.perf_counter() - t0, stepper.steps_per_call * cfg.global_batch_size,
+                       cfg.data.seq_len)
+            if result.update_record:  # outside the timed region
+                run_log.log({"step": step, "kind": "update", **result.update_record})
+            if not math.isfinite(window.last_loss):
+                raise Diverged(f"loss became {window.last_loss} at step {step}; lower optimizer.lr or check the data")
+            if step % cfg.logging.log_every == 0 or step == job.total_steps:
+                record = {"step": step, "kind": "train", **window.flush(), "lr": result.lr,
+                          "grad_norm": result.grad_norm, "epoch": batches.epoch + batches.batch / len(batches),
+                          **result.precision_record}
+                run_log.log(record)
+                bar.set_postfix({**{k: f"{record[k]:.3f}" for k in task.progress_keys},
+                                 "seq_s": f"{record['samples_per_s']:.1f}"})
+            bar.update(stepper.steps_per_call)
+            better = False
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != job.total_steps:
+                last_eval = run_eval(step)
+                better = improved(last_eval, step)
+            if better or cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                save(step)
+                saved_step = step
+                if better and dist.is_main:
+                    ckpt_io.mark_best(run_dir, step)
+        bar.close()
+        if resume_ckpt is None or step > resume_ckpt.step:
+            last_eval = run_eval(step) or last_eval
+            better = improved(last_eval, step) if last_eval is not None and last_eval["step"] == step else False
+            if saved_step != step:
+                save(step)
+            if better and dist.is_main:
+                ckpt_io.mark_best(run_dir, step)
+        result = task.finish(run_dir, last_eval) if dist.is_main else {}
+        status = "finished"
+        return result
+    except Diverged as e:
+        status, error = "diverged", str(e)
+        raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        run_log.end(step, status, **({"error": error} if error else {}), **({"best": best} if best else {}))
+        run_log.close(0 if status == "finished" else 1)
+        cleanup(dist, status == "finished")
+
+
+def evaluate(cfg: RunConfig, checkpoint, output_dir, setup: Callable[[RunConfig, Runtime], Job]) -> dict:
+    """Evaluate a checkpoint (a run, its ``checkpoints/`` or one ``step-N``) as its task does at the end of
+    training, writing the task's outputs into ``output_dir``; returns what ``finish`` returns."""
+    ckpt = ckpt_io.read_checkpoint(checkpoint)
+    runtime = setup_runtime(cfg)
+    job = setup(cfg, runtime)
+    _check_resumable(ckpt, cfg, job.task, job.checkpoint_state.get("vocab_sha256"))
+    ckpt_io.load_model_weights(job.model, ckpt)
+    job.model.to(runtime.device)
+    record = _evaluate(job.task, job.model, runtime)
+    if record is None:
+        raise ConfigError("the task has no evaluation data to evaluate on", key="data.validation_fraction")
+    record = {"step": ckpt.step, "kind": "eval", **record, "checkpoint": str(ckpt.path)}
+    logger.info("%s step %d: %s", ckpt.path, ckpt.step, job.task.describe_eval(record))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return job.task.finish(output_dir, record)
+
+
+def _evaluate(task: Task, model: nn.Module, runtime: Runtime) -> Optional[dict]:
+    model.eval()
+    try:
+        return task.evaluate(model, runtime)
+    finally:
+        model.train()
+
+
+def _check_resumable(ckpt: ckpt_io.Checkpoint, cfg: RunConfig, task: Task, vocab: Optional[str]) -> None:
+    saved_task = ckpt.state.get("task")
+    if saved_task != task.name:
+        raise CheckpointError(f"{ckpt.path} is a checkpoint of {saved_task or 'another'} training, not {task.name}")
+    check_architecture(ckpt.state["model_config"], cfg.model, ckpt.path)
+    check_vocabulary(ckpt.state, vocab, ckpt.path)
+
+
+def _restore(ckpt: ckpt_io.Checkpoint, model, optimizer, batches, scaler, run_id: str):
+    """Weights, optimizer state, fp16 loss scale, data position and RNG; (step, W&B run id, best so far)."""
+    ckpt_io.load_model_weights(model, ckpt)
+    ckpt_io.load_optimizer_state(optimizer, ckpt)
+    scaler.load_state_dict(ckpt.state.get("loss_scaler"))
+    try:
+        batches.load_state_dict(ckpt.state["data"])
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.path}: {e}") from None
+    ckpt_io.restore_rng(ckpt)
+    logger.info("resuming from %s (step %d)", ckpt.path, ckpt.step)
+    return ckpt.step, ckpt.state.get("run_id") or run_id, ckpt.state.get("best")
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class _Window:
+    """Running sums between two training records."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.reset()
+        self.last_loss = 0.0
+
+    def reset(self):
+        self.sums = Sums(self.task.sum_names)
+        self.seconds = self.samples = self.tokens = 0.0
+
+    def add(self, sums: Sums, seconds: float, rows: int, seq_len: int):
+        """``rows`` of ``seq_len`` tokens went through the model; samples/s counts sequences (several per
+        packed row, from the task's sums) and tokens/s the row tokens computed on."""
+        self.sums += sums
+        self.seconds += seconds
+        sequences = self.task.sequences(sums)
+        self.samples += rows if sequences is None else sequences
+        self.tokens += rows * seq_len
+        self.last_loss = sums["loss"] / max(sums.micro, 1)
+
+    def flush(self) -> dict:
+        rec = {**self.task.train_record(self.sums),
+               "samples_per_s": self.samples / max(self.seconds, 1e-9),
+               "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
+        self.reset()
+        return rec
