@@ -83,3 +83,47 @@ def test_ipu_emulator_finetune_equals_cpu(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5, msg=k)
     assert json.loads((tmp_path / "cpu" / "predictions.json").read_text()) == \
         json.loads((tmp_path / "ipu" / "predictions.json").read_text())
+
+
+def test_eval_every_keeps_the_best_checkpoint_and_eval_only_reproduces_it(tmp_path, capsys):
+    """SQuAD through the one engine: dev evaluation every train.eval_every steps, checkpoints/best at the
+    best F1 (kept by the rotation), nbest_predictions.json, and --eval-only on the run and on the best
+    checkpoint giving back exactly the EM/F1 and answers of those evaluations."""
+    import run_squad
+    from groupbert.cli import main
+
+    data = write_nested(tmp_path / "squad.json")
+    run = tmp_path / "run"
+    sets = TINY + [f"squad.train_file={data}", f"squad.dev_file={data}", "train.max_steps=6", "train.eval_every=2",
+                   "train.checkpoint_every=0", "train.keep_checkpoints=1", "optimizer.lr=5e-3", "schedule.warmup_steps=0"]
+    results = finetune(load_config(None, sets), run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 4, 6]
+    assert all(isinstance(r["time"], float) for r in records)
+    assert records[-1]["kind"] == "end" and records[-1]["status"] == "finished"
+    best = max(evals[1:], key=lambda r: (r["eval_f1"], -r["step"]))   # the first of the best (ties keep it)
+    assert (run / "checkpoints" / "best").read_text().strip() == f"step-{best['step']}"
+    assert (run / "checkpoints" / f"step-{best['step']}").is_dir() and (run / "checkpoints" / "step-6").is_dir()
+    assert records[-1]["best"] == {"metric": "eval_f1", "value": best["eval_f1"], "step": best["step"]}
+
+    nbest = json.loads((run / "nbest_predictions.json").read_text())
+    predictions = json.loads((run / "predictions.json").read_text())
+    assert set(nbest) == set(predictions) == {f"q{i}" for i in range(1, 7)}
+    for qid, answers in nbest.items():
+        assert answers[0]["text"] == predictions[qid]
+        assert abs(sum(a["probability"] for a in answers) - 1) < 1e-6
+        assert set(answers[0]) == {"text", "probability", "start_logit", "end_logit"}
+
+    def eval_only(*args):
+        argv = ["--eval-only", *map(str, args), "--set", f"squad.dev_file={data}", "--quiet"]
+        return main("squad", run_squad._finetune, argv, evaluate=run_squad._evaluate)
+
+    assert eval_only(run) == 0
+    again = json.loads((run / "eval-step-6" / "eval_results.json").read_text())
+    assert (again["exact_match"], again["f1"]) == (results["exact_match"], results["f1"])
+    assert json.loads((run / "eval-step-6" / "predictions.json").read_text()) == predictions
+    assert eval_only(run / "checkpoints" / "best", "--output-dir", tmp_path / "best") == 0
+    from_best = json.loads((tmp_path / "best" / "eval_results.json").read_text())
+    assert (from_best["exact_match"], from_best["f1"]) == (best["eval_exact_match"], best["eval_f1"])
+    assert eval_only(tmp_path / "nothing") == 2 and "does not exist" in capsys.readouterr().err

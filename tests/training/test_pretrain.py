@@ -232,3 +232,34 @@ def test_prepared_settings_are_adopted_and_conflicts_named(tmp_path):
             pretrain(load_config(None, TINY + extra + [conflict]), tmp_path / key)
     with pytest.raises(ConfigError, match="model.type"):
         pretrain(load_config(None, TINY + extra + ["model.type=gpt2", "model.vocab_size=50257"]), tmp_path / "g")
+
+
+def test_every_run_ends_with_a_structured_record(tmp_path, monkeypatch):
+    """{"kind": "end", "status": finished | diverged | failed}: what sweeps and studies read, never log text."""
+    from groupbert.training.run_log import read_end
+    from groupbert.training.steppers import HostStepper
+
+    extra = ["train.max_steps=4", "train.checkpoint_every=0"]
+    pretrain(_cfg(tmp_path, *extra), tmp_path / "ok")
+    end = read_end(tmp_path / "ok")
+    assert end["status"] == "finished" and end["step"] == 4 and "error" not in end
+    assert all("time" in r for r in map(json.loads, (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()))
+
+    with pytest.raises(FloatingPointError, match="loss became"):
+        pretrain(_cfg(tmp_path, *extra, "optimizer.lr=1e12", "schedule.warmup_steps=0", "train.max_grad_norm=0"),
+                 tmp_path / "diverged")
+    end = read_end(tmp_path / "diverged")
+    assert end["status"] == "diverged" and "loss became" in end["error"]
+
+    real_run = HostStepper.run
+
+    def broken(self, batches, step):
+        if step == 2:
+            raise RuntimeError("disk on fire")
+        return real_run(self, batches, step)
+
+    monkeypatch.setattr(HostStepper, "run", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        pretrain(_cfg(tmp_path, *extra), tmp_path / "failed")
+    end = read_end(tmp_path / "failed")
+    assert end == {**end, "status": "failed", "step": 2, "error": "RuntimeError: disk on fire"}
