@@ -24,7 +24,7 @@ from groupbert.data.corpus import (
     wikipedia_sample_path,
 )
 from groupbert.data.errors import DataError
-from groupbert.data.pretraining import COLUMNS, IGNORE_INDEX, build_pretraining_dataset
+from groupbert.data.masked_lm import COLUMNS, IGNORE_INDEX, build_pretraining_dataset
 from groupbert.data.tokenizer import (
     SPECIAL_TOKENS,
     SpecialIds,

@@ -145,7 +145,7 @@ def assign_rows(lengths, plan: PackingPlan, seed: int = 0) -> np.ndarray:
 
 def max_predictions_per_row(seq_len: int, mask_prob: float, max_predictions: int, max_per_pack: int) -> int:
     """Masked-LM slots a packed row needs: each sequence of n maskable tokens has at most
-    ``max(1, round(mask_prob * n)) <= mask_prob * n + 1`` (``groupbert.data.pretraining``), and a row
+    ``max(1, round(mask_prob * n)) <= mask_prob * n + 1`` (``groupbert.data.masked_lm``), and a row
     holds at most ``seq_len`` tokens in ``max_per_pack`` sequences."""
     return min(max_per_pack * max_predictions, int(mask_prob * seq_len) + max_per_pack)
 
@@ -241,7 +241,7 @@ def _ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def pack_pretraining_columns(columns: dict, pad_id: int, max_per_pack: int = 3, max_predictions: int | None = None,
                              mask_prob: float = 0.15, seed: int = 0) -> tuple[dict, PackingPlan]:
-    """Unpacked MLM + NSP columns (``groupbert.data.pretraining.COLUMNS``, numpy) -> packed columns
+    """Unpacked MLM + NSP columns (``groupbert.data.masked_lm.COLUMNS``, numpy) -> packed columns
     (``columns.PACKED_MASKED_LM``) and the plan. Vectorised: no Python loop over rows or sequences."""
     T = np.asarray(columns["input_ids"]).shape[1]
     layout, plan = pack_layout(sequence_lengths(columns["attention_mask"]), T, max_per_pack, seed)

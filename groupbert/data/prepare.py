@@ -12,7 +12,7 @@ document starts, whole compressed files, bz2 streams of a multistream dump, data
 worker processes reads them, each piece on its own, never holding more than about ``data.shard_size_mb``
 of text: clean the text, split sentences, tokenise in batches (Rust ``tokenizers``; tiktoken for GPT-2),
 hold out ``data.validation_fraction`` of the documents, build the MLM + NSP instances or the causal-LM
-token stream (vectorised numpy, ``groupbert.data.pretraining``) and write one shard per split
+token stream (vectorised numpy, ``groupbert.data.masked_lm``) and write one shard per split
 (``groupbert.data.shards``). Memory is bounded by the shard size times the workers, whatever the corpus.
 
 The output directory holds ``prepare.json`` (the settings and inputs, written first: a restart with
@@ -107,7 +107,7 @@ class PrepareSettings:
 def _tokenizer(settings: PrepareSettings):
     """(tokenizer used by the workers, manifest entry with the vocabulary hash checkpoints record)."""
     if settings.kind == "causal_lm":
-        from groupbert.data.causal import BPEEncoder, bpe_fingerprint, load_gpt2_bpe
+        from groupbert.data.causal_lm import BPEEncoder, bpe_fingerprint, load_gpt2_bpe
 
         encoder = BPEEncoder(settings.vocab_file, settings.merges_file)
         n = load_gpt2_bpe(settings.vocab_file, settings.merges_file).get_vocab_size()
@@ -152,7 +152,7 @@ class _Worker:
         self.tokenizer, _ = _tokenizer(settings)
         if settings.kind == "mlm_nsp":
             from groupbert.data.masking import MaskingSpec
-            from groupbert.data.pretraining import continuation_table, plain_tokenizer
+            from groupbert.data.masked_lm import continuation_table, plain_tokenizer
             from groupbert.data.tokenizer import special_ids
 
             self.tokenizer = plain_tokenizer(self.tokenizer)
@@ -161,7 +161,7 @@ class _Worker:
             self.mask_spec = MaskingSpec(settings.mask_prob, settings.max_predictions, vocab_size, self.special,
                                          continuation_table(self.tokenizer) if settings.whole_word_masking else None)
         else:
-            from groupbert.data.causal import load_gpt2_bpe
+            from groupbert.data.causal_lm import load_gpt2_bpe
 
             vocab_size = load_gpt2_bpe(settings.vocab_file, settings.merges_file).get_vocab_size()
         from groupbert.data.shards import token_dtype
@@ -302,7 +302,7 @@ def _build_part(worker: _Worker, piece: int, part: int, docs: list) -> dict:
 def _mlm_shard(worker: _Worker, documents: list, split: str, uid: int, name: str):
     """Build and write one split's instance shard, unless a killed run already finished it (a complete
     shard file is never rewritten). Returns (manifest entry or None, input tokens)."""
-    from groupbert.data.pretraining import build_instances, static_mask, tokenize_documents
+    from groupbert.data.masked_lm import build_instances, static_mask, tokenize_documents
     from groupbert.data.shards import instance_shard_entry, open_instance_shard, write_instance_shard
 
     s = worker.settings
@@ -444,7 +444,7 @@ def _prepare_pieces(settings, out, pieces, plan, tokenizer_entry, fingerprint, n
 
 def _validate(settings: PrepareSettings, num_proc, shard_index: int, num_shards: int) -> None:
     if settings.kind == "mlm_nsp":
-        from groupbert.data.pretraining import validate_settings
+        from groupbert.data.masked_lm import validate_settings
 
         validate_settings(settings.seq_len, settings.max_predictions, settings.mask_prob, settings.short_seq_prob,
                           settings.dupe_factor)

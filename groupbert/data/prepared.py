@@ -38,7 +38,7 @@ from groupbert.data.errors import DataError
 from groupbert.data.masking import IGNORE_INDEX, MaskingSpec, hash_key, mask_rows
 from groupbert.data.packing import assign_rows, layout_from_members, max_predictions_per_row, pack_columns, spfhp
 from groupbert.data.prepare import check_shard_size, verify_shards
-from groupbert.data.pretraining import pad_rows
+from groupbert.data.masked_lm import pad_rows
 from groupbert.data.shards import open_instance_shard, open_token_shard
 
 logger = logging.getLogger(__name__)

@@ -76,7 +76,7 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def write_instance_shard(path: Path, instances, dtype: np.dtype, meta: dict) -> None:
-    """One shard of :class:`groupbert.data.pretraining.Instances` as an Arrow stream file; ``meta`` (JSON)
+    """One shard of :class:`groupbert.data.masked_lm.Instances` as an Arrow stream file; ``meta`` (JSON)
     goes into the schema's metadata (``seq_len``, and the counts of the input it was built from)."""
     import pyarrow as pa
 

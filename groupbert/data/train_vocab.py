@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from groupbert.data.causal import load_gpt2_bpe, train_bpe
+from groupbert.data.causal_lm import load_gpt2_bpe, train_bpe
 from groupbert.data.corpus import document_sentences, document_text, iter_documents
 from groupbert.data.errors import DataError
 from groupbert.data.tokenizer import load_wordpiece, train_wordpiece, vocab_size

@@ -291,7 +291,7 @@ def test_bad_documents_are_counted_or_fail_naming_the_line(tmp_path):
 
 
 def test_causal_stream_is_gpt2_bpe_of_each_document_then_end_of_text(tmp_path):
-    from groupbert.data.causal import load_gpt2_bpe
+    from groupbert.data.causal_lm import load_gpt2_bpe
 
     texts = [f"Document {i}: naïve café, {i * 37} cats.\nSecond line of it." for i in range(40)]
     path = tmp_path / "docs.jsonl"
@@ -311,7 +311,7 @@ def test_causal_stream_is_gpt2_bpe_of_each_document_then_end_of_text(tmp_path):
 
 
 def test_tiktoken_encodes_the_bundled_wikipedia_as_tokenizers_does():
-    from groupbert.data.causal import BPEEncoder, load_gpt2_bpe
+    from groupbert.data.causal_lm import BPEEncoder, load_gpt2_bpe
     from groupbert.data.corpus import document_text
     from groupbert.data.sources import plan_pieces, read_piece
 

@@ -9,7 +9,7 @@ import torch
 
 from groupbert.config import load_config
 from groupbert.data import load_corpus
-from groupbert.data.causal import train_bpe
+from groupbert.data.causal_lm import train_bpe
 from groupbert.training.checkpoint import read_checkpoint
 from groupbert.tasks.pretraining import pretrain
 

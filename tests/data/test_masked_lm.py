@@ -15,7 +15,7 @@ from groupbert.data import (
     load_wordpiece,
     special_ids,
 )
-from groupbert.data import pretraining
+from groupbert.data import masked_lm
 
 SEQ, P = 64, 10
 
@@ -228,7 +228,7 @@ def test_truncated_lengths_match_reference_loop():
         r = random.Random(trial)
         la, lb, limit = r.randint(1, 80), r.randint(1, 80), r.randint(2, 100)
         a, b = _reference_truncate(range(la), range(lb), limit, random.Random(trial))
-        new_a, new_b = pretraining.truncated_lengths(np.array([la]), np.array([lb]), limit)
+        new_a, new_b = masked_lm.truncated_lengths(np.array([la]), np.array([lb]), limit)
         assert (int(new_a[0]), int(new_b[0])) == (len(a), len(b)), (la, lb, limit)
 
 
@@ -238,9 +238,9 @@ def test_truncation_cuts_front_and_back_as_the_reference_does():
     ref_front = [_reference_truncate(range(la), range(lb), limit, random.Random(i))[0][0] for i in range(n)]
     tokens = np.arange(1000, dtype=np.int32)
     a0 = np.zeros(n, np.int64)
-    truncated = pretraining._truncate(a0, a0 + la, a0 + 500, a0 + 500 + lb, limit, np.random.default_rng(0))
+    truncated = masked_lm._truncate(a0, a0 + la, a0 + 500, a0 + 500 + lb, limit, np.random.default_rng(0))
     rows = np.empty(n * (limit + 3), np.int32)
-    pretraining._assemble(tokens, *truncated, -1, -2, out=rows)
+    masked_lm._assemble(tokens, *truncated, -1, -2, out=rows)
     rows = rows.reshape(n, limit + 3)
     ours = rows[:, 1]                        # first kept token of A = tokens cut at its front
     assert (rows[:, 0] == -1).all() and (rows[:, limit - lb + 1] == -2).all() and (rows[:, -1] == -2).all()
@@ -254,8 +254,8 @@ def test_truncation_cuts_front_and_back_as_the_reference_does():
 def test_pairs_use_every_sentence_once(docs, tok):
     """Every sentence of every document lands in exactly one segment A or actual-next segment B of the
     pass (random-next B's come from other documents and are extra)."""
-    tokenized = pretraining.tokenize_documents([d.sentences for d in docs], tok)
-    a0, a1, b0, b1, rnd = pretraining._pairs(tokenized, SEQ - 3, 0.1, random.Random(0))
+    tokenized = masked_lm.tokenize_documents([d.sentences for d in docs], tok)
+    a0, a1, b0, b1, rnd = masked_lm._pairs(tokenized, SEQ - 3, 0.1, random.Random(0))
     covered = np.zeros(tokenized.num_tokens, dtype=np.int64)
     for s, e in zip(a0, a1):
         covered[s:e] += 1
@@ -308,13 +308,13 @@ def _reference_instances(documents, seq_len, short_seq_prob, rng):
 
 @pytest.mark.parametrize("short_seq_prob", [0.1, 0.5])
 def test_length_histogram_and_nsp_match_the_reference_algorithm(docs, tok, short_seq_prob):
-    tokenized = pretraining.tokenize_documents([d.sentences for d in docs], tok)
+    tokenized = masked_lm.tokenize_documents([d.sentences for d in docs], tok)
     as_lists = [[tokenized.tokens[tokenized.sentence_offsets[s]:tokenized.sentence_offsets[s + 1]].tolist()
                  for s in range(tokenized.document_offsets[d], tokenized.document_offsets[d + 1])]
                 for d in range(tokenized.num_documents)]
     ref = np.concatenate([_reference_instances(as_lists, SEQ, short_seq_prob, random.Random(k)) for k in range(5)])
     sp = special_ids(tok)
-    ours = [pretraining.build_instances(tokenized, seq_len=SEQ, short_seq_prob=short_seq_prob, dupe_factor=1,
+    ours = [masked_lm.build_instances(tokenized, seq_len=SEQ, short_seq_prob=short_seq_prob, dupe_factor=1,
                                         cls=sp.cls, sep=sp.sep, seed=k) for k in range(5)]
     lengths = np.concatenate([o.lengths for o in ours])
     nsp = np.concatenate([o.next_sentence_label for o in ours])
@@ -330,16 +330,16 @@ def test_static_masks_do_not_depend_on_the_chunking(docs, tok):
     """A mask is a function of (seed, shard, row): masking in chunks of 3 or 4096 rows gives the same."""
     from groupbert.data.masking import MaskingSpec
 
-    tokenized = pretraining.tokenize_documents([d.sentences for d in docs[:10]], tok)
+    tokenized = masked_lm.tokenize_documents([d.sentences for d in docs[:10]], tok)
     sp = special_ids(tok)
-    inst = pretraining.build_instances(tokenized, seq_len=SEQ, short_seq_prob=0.1, dupe_factor=1, cls=sp.cls,
+    inst = masked_lm.build_instances(tokenized, seq_len=SEQ, short_seq_prob=0.1, dupe_factor=1, cls=sp.cls,
                                        sep=sp.sep, seed=0)
     spec = MaskingSpec(0.15, P, tok.get_vocab_size(), sp)
-    one = pretraining.static_mask(inst, spec, SEQ, seed=0, chunk=3)
-    two = pretraining.static_mask(inst, spec, SEQ, seed=0, chunk=4096)
+    one = masked_lm.static_mask(inst, spec, SEQ, seed=0, chunk=3)
+    two = masked_lm.static_mask(inst, spec, SEQ, seed=0, chunk=4096)
     np.testing.assert_array_equal(one.ids, two.ids)
     np.testing.assert_array_equal(one.masked_positions, two.masked_positions)
-    other = pretraining.static_mask(inst, spec, SEQ, seed=0, shard=1)
+    other = masked_lm.static_mask(inst, spec, SEQ, seed=0, shard=1)
     assert not np.array_equal(one.ids, other.ids)
 
 

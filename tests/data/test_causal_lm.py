@@ -4,7 +4,7 @@ import json
 import pytest
 
 from groupbert.data import DataError, Document
-from groupbert.data.causal import END_OF_TEXT, BPEEncoder, bpe_fingerprint, bundled_bpe_files, load_gpt2_bpe, train_bpe
+from groupbert.data.causal_lm import END_OF_TEXT, BPEEncoder, bpe_fingerprint, bundled_bpe_files, load_gpt2_bpe, train_bpe
 
 
 @pytest.fixture(scope="module")
