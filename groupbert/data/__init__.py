@@ -2,9 +2,11 @@
 
 - ``sources``: inputs (files, globs, dumps, datasets) cut into pieces, read as a stream of documents;
 - ``corpus``: wiki markup, sentences, and small in-memory corpora (``load_corpus``);
-- ``pretraining`` / ``masking``: BERT's instances and masks, vectorised; ``causal``: GPT-2's BPE;
+- ``masked_lm`` / ``masking``: BERT's instances and masks, vectorised; ``causal_lm``: GPT-2's BPE;
 - ``prepare``: the parallel, restartable preparation (``python -m groupbert.data.prepare``) into ``shards``;
-- ``prepared`` / ``packing`` / ``loader``: training reads the shards, packs rows, shuffles and deals batches.
+- ``cache``: what a run derives for itself under ``data.cache_dir``, keyed by content;
+- ``prepared`` / ``packing`` / ``loader``: training reads the shards, packs rows, shuffles and deals batches;
+- ``columns``: the batch layouts every task and model agree on.
 
 In memory, for tests and notebooks::
 

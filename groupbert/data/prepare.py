@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -104,7 +103,7 @@ class PrepareSettings:
         return {"kind": self.kind, **{k: getattr(self, k) for k in keys}}
 
 
-def _tokenizer(settings: PrepareSettings):
+def tokenizer_for(settings: PrepareSettings):
     """(tokenizer used by the workers, manifest entry with the vocabulary hash checkpoints record)."""
     if settings.kind == "causal_lm":
         from groupbert.data.causal_lm import BPEEncoder, bpe_fingerprint, load_gpt2_bpe
@@ -134,12 +133,6 @@ def _inputs_identity(fingerprint: dict) -> dict:
     return {"files": [[os.path.relpath(f["path"], root), f["size"]] for f in files]}
 
 
-def cache_key(settings: PrepareSettings, tokenizer_entry: dict, fingerprint: dict) -> str:
-    payload = {"format_version": FORMAT_VERSION, "settings": settings.content(), "inputs": fingerprint,
-               "tokenizer": {k: v for k, v in tokenizer_entry.items() if k != "vocab_file"}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
 # --------------------------------------------------------------------------------------------------
 # One piece, in a worker process
 # --------------------------------------------------------------------------------------------------
@@ -149,7 +142,7 @@ class _Worker:
 
     def __init__(self, settings: PrepareSettings, out_dir: Path, report: Callable[[str, int], None]):
         self.settings, self.out_dir, self.report = settings, Path(out_dir), report
-        self.tokenizer, _ = _tokenizer(settings)
+        self.tokenizer, _ = tokenizer_for(settings)
         if settings.kind == "mlm_nsp":
             from groupbert.data.masking import MaskingSpec
             from groupbert.data.masked_lm import continuation_table, plain_tokenizer
@@ -386,7 +379,7 @@ def prepare(settings: PrepareSettings, output_dir, *, num_proc: Optional[int] = 
     _validate(settings, num_proc, shard_index, num_shards)
     out = Path(output_dir)
     start = time.perf_counter()
-    _, tokenizer_entry = _tokenizer(settings)
+    _, tokenizer_entry = tokenizer_for(settings)
     fingerprint = input_fingerprint(settings.corpus)
     pieces = plan_pieces(settings.corpus, int(settings.shard_size_mb * (1 << 20)))
     plan = {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings.content(),
@@ -699,22 +692,6 @@ def load_manifest(prepared_dir) -> dict:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path} is not a {FORMAT} manifest of version {FORMAT_VERSION}")
     return manifest
-
-
-def prepare_cached(settings: PrepareSettings, cache_dir, *, num_proc: Optional[int] = None,
-                   show_progress: bool = True) -> Path:
-    """The training run's on-the-fly path: the same preparation into ``cache_dir``, keyed by the inputs
-    (files' paths, sizes and mtimes), the settings and the tokenizer; reused when it is there."""
-    from groupbert.data.sources import input_fingerprint
-
-    _, tokenizer_entry = _tokenizer(settings)
-    key = cache_key(settings, tokenizer_entry, input_fingerprint(settings.corpus))
-    out = Path(cache_dir) / f"prepared-{settings.kind}-{key[:24]}"
-    if (out / MANIFEST).exists():
-        logger.info("reusing prepared data at %s", out)
-    else:
-        prepare(settings, out, num_proc=num_proc, show_progress=show_progress)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,16 +24,13 @@ every epoch, rank and resume.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from groupbert.data.cache import cached_array, entry_path
 from groupbert.data.errors import DataError
 from groupbert.data.masking import IGNORE_INDEX, MaskingSpec, hash_key, mask_rows
 from groupbert.data.packing import assign_rows, layout_from_members, max_predictions_per_row, pack_columns, spfhp
@@ -141,32 +138,21 @@ class MaskedLMData:
         plans = [spfhp(np.repeat(np.arange(len(e["length_histogram"])), e["length_histogram"]), T, S)
                  for e in self.entries]
         n_rows = sum(p.num_rows for p in plans)
-        key = hashlib.sha256(json.dumps({"shards": [e["sha256"] for e in self.entries], "S": S, "T": T,
-                                         "seed": self.seed}).encode()).hexdigest()
-        path = Path(cache_dir) / f"packed-{key[:24]}.npy" if cache_dir is not None else None
-        if path is not None and path.exists():
-            members = np.load(path, mmap_mode="r")
-            if members.shape == (n_rows, S):
-                return members
+        path = None if cache_dir is None else entry_path(
+            cache_dir, "packed", {"shards": [e["sha256"] for e in self.entries], "S": S, "T": T, "seed": self.seed},
+            ".npy")
+
+        def fill(members: np.ndarray) -> None:
+            r = 0
+            for s, (shard, plan) in enumerate(zip(self.shards, plans)):
+                local = assign_rows(np.asarray(shard.lengths), plan, seed=[self.seed, s])
+                rows = np.full((plan.num_rows, S), -1, dtype=np.int64)
+                rows[:, :local.shape[1]] = np.where(local >= 0, local + self.starts[s], -1)
+                members[r:r + plan.num_rows] = rows
+                r += plan.num_rows
+
         dtype = np.int32 if self.num_sequences < 1 << 31 else np.int64
-        if path is None:
-            members = np.empty((n_rows, S), dtype=dtype)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-            members = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, S))
-        r = 0
-        for s, (shard, plan) in enumerate(zip(self.shards, plans)):
-            local = assign_rows(np.asarray(shard.lengths), plan, seed=[self.seed, s])
-            rows = np.full((plan.num_rows, S), -1, dtype=np.int64)
-            rows[:, :local.shape[1]] = np.where(local >= 0, local + self.starts[s], -1)
-            members[r:r + plan.num_rows] = rows
-            r += plan.num_rows
-        if path is not None:
-            members.flush()
-            del members
-            os.replace(tmp, path)
-            members = np.load(path, mmap_mode="r")
+        members = cached_array(path, (n_rows, S), dtype, fill)
         logger.info("packed %d %s sequences into %d rows of %d (%.3f per row)", self.num_sequences, self.split,
                     n_rows, T, self.num_sequences / max(n_rows, 1))
         return members

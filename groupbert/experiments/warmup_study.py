@@ -128,7 +128,7 @@ def prepare_vocab(args, out: Path) -> list[str]:
     if not (encoder.is_file() and (bpe_dir / "vocab.bpe").is_file()):
         sys.path.insert(0, str(REPO))
         from groupbert.config import load_config
-        from groupbert.data.causal import train_bpe
+        from groupbert.data.causal_lm import train_bpe
         from groupbert.data.corpus import load_corpus
 
         data = load_config(_config_path(args)).data

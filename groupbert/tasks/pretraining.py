@@ -15,7 +15,8 @@ from pathlib import Path
 from groupbert.config import ConfigError, RunConfig
 from groupbert.data.errors import DataError
 from groupbert.data.masking import MaskingSpec
-from groupbert.data.prepare import PrepareSettings, load_manifest, prepare_cached
+from groupbert.data.cache import prepared_in_cache
+from groupbert.data.prepare import PrepareSettings, load_manifest
 from groupbert.data.prepared import CausalLMData, MaskedLMData
 from groupbert.models import build_model
 from groupbert.tasks.causal_lm import CausalLMTask
@@ -47,7 +48,7 @@ def adopt_manifest(cfg: RunConfig, manifest: dict, root: Path) -> None:
 def _check_vocabulary(cfg: RunConfig, manifest: dict, root: Path) -> tuple[str, str]:
     d = cfg.data
     if manifest["settings"]["kind"] == "causal_lm":
-        from groupbert.data.causal import bpe_fingerprint
+        from groupbert.data.causal_lm import bpe_fingerprint
         digest, name = bpe_fingerprint(d.vocab_file, d.merges_file), d.vocab_file or "gpt2 (bundled)"
     else:
         from groupbert.data.tokenizer import bundled_vocab_file, vocab_fingerprint
@@ -71,8 +72,8 @@ def prepare_data(cfg: RunConfig, show_progress: bool = True, verify: bool = True
         manifest = load_manifest(root)
         adopt_manifest(cfg, manifest, root)
     else:
-        root = prepare_cached(PrepareSettings.from_config(cfg), d.cache_dir, num_proc=d.num_proc,
-                              show_progress=show_progress)
+        root = prepared_in_cache(PrepareSettings.from_config(cfg), d.cache_dir, num_proc=d.num_proc,
+                                 show_progress=show_progress)
         manifest = load_manifest(root)
     digest, vocab_name = _check_vocabulary(cfg, manifest, root)
     check = verify and d.verify_checksums
@@ -88,7 +89,7 @@ def prepare_data(cfg: RunConfig, show_progress: bool = True, verify: bool = True
                            manifest["totals"]["validation"]["tokens"])
             val = None
     else:
-        from groupbert.data.pretraining import continuation_table
+        from groupbert.data.masked_lm import continuation_table
         from groupbert.data.tokenizer import bundled_vocab_file, load_wordpiece, special_ids
 
         tok = load_wordpiece(Path(d.vocab_file) if d.vocab_file else bundled_vocab_file(), lowercase=d.lowercase)
