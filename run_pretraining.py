@@ -25,4 +25,4 @@ def _evaluate(cfg, checkpoint, output_dir):
 
 
 if __name__ == "__main__":
-    sys.exit(main(__doc__.splitlines()[0], _pretrain, evaluate=_evaluate))
+    sys.exit(main(__doc__, _pretrain, evaluate=_evaluate))

@@ -1,5 +1,5 @@
 """C++ kernels for CPU training, each registered as a torch op in the ``groupbert`` namespace, with a
-pure-PyTorch reference as fallback (DESIGN.md "Custom ops").
+pure-PyTorch reference as fallback (README, "Custom C++ ops").
 
 - :func:`grouped_conv1d`: grouped 1-D "same" convolution on the [batch, seq, hidden] layout, forward and
   backward in C++ (``csrc/grouped_conv1d.cpp``; ``grouped_conv.py`` registers autograd and fake kernels),

@@ -20,7 +20,11 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any --section.key=value is --set section.key=value (as wandb agent passes it). Keys, defaults and "
+               "units: groupbert/config.py. Exit codes: 0 done; 2 bad configuration or input, naming the key "
+               "or file; 1 anything else (a diverged run included).")
     p.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set train.max_steps=100 (repeatable)")

@@ -12,9 +12,9 @@ https://arxiv.org/abs/2410.23922) call this "AdamW, PyTorch variant" and use it 
 Variants:
     - ``bias_correction=False`` removes only the *momentum* bias correction: it uses m_t where torch
       uses m_t / (1 − β1^t). The second-moment correction stays. Kosson et al. name this correction
-      as one of three reasons why early AdamW updates are too large (``optimizers.md`` §1.4; the
-      class docstring gives the algebra). Its exact setup in their paper is unverified here: the PDF was not
-      available (``optimizers.md`` §1.5(b) marks it [R]).
+      as one of three reasons why early AdamW updates are too large (the class docstring
+      gives the algebra). Its exact setup in their paper is unverified here: the PDF was not
+      available, only secondary descriptions of it.
 
 Implementations (one set of equations; ``fused`` / ``foreach`` pick one per parameter group):
     - fused: the C++ multi-tensor kernel ``groupbert::fused_adamw_`` (``custom_ops/fused_optim.py``,
@@ -73,8 +73,8 @@ class AdamW(torch.optim.Optimizer):
     The step counter t is kept per parameter. A parameter whose gradient is None is skipped and its t
     does not advance.
 
-    Why ``bias_correction=False`` (Kosson, Messmer & Jaggi 2024, arXiv 2410.23922; derivation in
-    ``optimizers.md`` §1.4). Take zero-mean gradient noise of variance σ² per coordinate, with
+    Why ``bias_correction=False`` (Kosson, Messmer & Jaggi 2024, arXiv 2410.23922; the derivation
+    follows). Take zero-mean gradient noise of variance σ² per coordinate, with
     v̂ ≈ σ². Then
     E[m̂_t²]/σ² = (1 − β1)(1 + β1^t) / ((1 + β1)(1 − β1^t)). This is 1 at t = 1 and tends to
     (1 − β1)/(1 + β1). For β1 = 0.9, the RMS update falls from 1 to 0.23: the first updates are up to

@@ -4,7 +4,7 @@ Paper: You, Li, Reddi, Hseu, Kumar, Bhojanapalli, Song, Demmel, Keutzer & Hsieh,
 Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020, https://arxiv.org/abs/1904.00962
 (Algorithm "LAMB", the version with bias correction).
 
-Reference implementations this follows (``optimizers.md`` §2):
+Reference implementations this follows:
     - NVIDIA apex ``FusedLAMB`` with ``adam_w_mode=1`` ("NVLAMB";
       ``NVIDIA/apex:apex/optimizers/fused_lamb.py``, ``csrc/multi_tensor_lamb.cu``), the optimizer of
       NVIDIA's BERT recipe. It clips the global grad norm before the moments, adds ε after bias
@@ -15,7 +15,7 @@ Reference implementations this follows (``optimizers.md`` §2):
     ``PRESETS`` below holds each recipe's settings. The tests compare every variant with a separate
     float64 implementation of the equations.
 
-Deviations (numerics choices; ``optimizers.md`` §2.6 compares the implementations):
+Deviations (numerics choices where the implementations above differ):
     - Global gradient clipping (``max_grad_norm``) divides a *copy* of the gradients by
       max(1, G/max_grad_norm), with G the norm over all parameters of all groups. ``p.grad`` is not
       modified (apex overwrites it with u). G before clipping is kept in :attr:`LAMB.last_grad_norm`.
@@ -64,15 +64,15 @@ __all__ = ["LAMB", "PRESETS", "global_grad_norm", "lamb"]
 # trust_ratio / weight_decay exclusions come from optimizers.param_groups, not from here.
 PRESETS: dict[str, dict[str, Any]] = {
     # NVIDIA DeepLearningExamples BERT with apex FusedLAMB defaults: global clip to 1.0, eps 1e-6,
-    # bias correction on, no φ clamp (optimizers.md §2.2-2.3).
+    # bias correction on, no φ clamp (apex fused_lamb.py; DeepLearningExamples BERT run_pretraining.py).
     "lamb_nvidia": {"max_grad_norm": 1.0, "bias_correction": True, "eps": 1e-6},
     # PopTorch poptorch.optim.LAMB defaults: φ(z) = min(z, 65500) (fp16 max), eps 1e-8, no
-    # clipping (optimizers.md §2.5).
+    # clipping (graphcore/poptorch python/optim.py).
     "lamb_poptorch": {"max_weight_norm": 65500.0, "bias_correction": True, "eps": 1e-8},
-    # The same with PopTorch's bias_correction=False (optimizers.md §2.5).
+    # The same with PopTorch's bias_correction=False.
     "lamb_poptorch_nobc": {"max_weight_norm": 65500.0, "bias_correction": False, "eps": 1e-8},
     # Graphcore GroupBERT TF configs (pretrain_base_groupbert_*.json): use_debiasing true, epsilon 1e-6
-    # (optimizers.md §2.4). Their use_mpclip global clip has clip_norm = scale_down_grads_factor *
+    # (graphcore/examples nlp/bert/tensorflow1/configs/groupbert). Their use_mpclip global clip has clip_norm = scale_down_grads_factor *
     # num_replicas, set in loss-scaled units. Its threshold on unscaled gradients is unknown, so it is
     # left out.
     "lamb_graphcore_groupbert": {"bias_correction": True, "eps": 1e-6},

@@ -2,7 +2,7 @@
 
 ``DataError`` means "bad input": a missing or malformed corpus file, an unknown dataset, a vocabulary
 without BERT's special tokens, a corpus too small to make one training instance. Entry points map it
-to exit code 2 (DESIGN.md, "Run outputs"). It subclasses ``ValueError`` so callers that already catch
+to exit code 2 (``groupbert.errors.BadInput``; README, "Running your own jobs"). It subclasses ``ValueError`` so callers that already catch
 ``ValueError`` for bad configuration keep working.
 """
 from __future__ import annotations
