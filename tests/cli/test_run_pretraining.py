@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
-        "data.seq_len=64", "data.max_predictions=10", "data.max_documents=6", "train.micro_batch_size=8",
-        "train.eval_batches=1", "logging.log_every=1", "runtime.threads=1"]
+# what these runs add to the shared tiny run (conftest.py)
+CLI = ["train.eval_batches=1", "runtime.threads=1"]
 
 
 def run_cli(*args, cwd=ROOT, **kw):
@@ -21,11 +20,15 @@ def run_cli(*args, cwd=ROOT, **kw):
                           capture_output=True, text=True, timeout=300, **kw)
 
 
-def _sets(tmp_path, *extra):
-    out = []
-    for s in TINY + [f"data.cache_dir={tmp_path / 'cache'}", *extra]:
-        out += ["--set", s]
-    return out
+@pytest.fixture
+def cli_sets(tiny_overrides, tmp_path):
+    """``cli_sets(*extra)``: the tiny run, CLI and ``extra`` as ``--set`` arguments, the cache under tmp_path."""
+    def sets(*extra):
+        out = []
+        for s in [*tiny_overrides, *CLI, f"data.cache_dir={tmp_path / 'cache'}", *extra]:
+            out += ["--set", s]
+        return out
+    return sets
 
 
 def test_unknown_key_exits_2_naming_key_and_file(tmp_path):
@@ -43,9 +46,9 @@ def test_bad_value_from_set_exits_2(tmp_path):
     assert r.returncode == 2 and "optimizer.lr" in r.stderr and "--set" in r.stderr
 
 
-def test_missing_corpus_exits_2_naming_the_file(tmp_path):
+def test_missing_corpus_exits_2_naming_the_file(tmp_path, cli_sets):
     r = run_cli("--config", str(ROOT / "configs/groupbert/tiny_phase1.yaml"), "--output-dir",
-                str(tmp_path / "out"), *_sets(tmp_path, f"data.corpus={tmp_path}/missing.jsonl"))
+                str(tmp_path / "out"), *cli_sets(f"data.corpus={tmp_path}/missing.jsonl"))
     assert r.returncode == 2 and "missing.jsonl" in r.stderr
 
 
@@ -54,10 +57,10 @@ def test_resume_of_a_directory_without_run_exits_2(tmp_path):
     assert r.returncode == 2 and "config.yaml" in r.stderr
 
 
-def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
+def test_kill_then_resume_matches_uninterrupted_run(tmp_path, cli_sets):
     cfgfile = ROOT / "configs/groupbert/tiny_phase1.yaml"
-    common = _sets(tmp_path, "train.max_steps=200", "train.checkpoint_every=10", "train.keep_checkpoints=2", "train.eval_every=0",
-                   "schedule.warmup_steps=4")
+    common = cli_sets("train.max_steps=200", "train.checkpoint_every=10", "train.keep_checkpoints=2", "train.eval_every=0",
+                      "schedule.warmup_steps=4")
     full = tmp_path / "full"
     assert run_cli("--config", str(cfgfile), "--output-dir", str(full), "--quiet", *common).returncode == 0
 
@@ -87,14 +90,15 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
 
 
-def test_bad_prepared_shards_exit_2_before_training(tmp_path, capsys):
+def test_bad_prepared_shards_exit_2_before_training(tmp_path, capsys, tiny_overrides):
     """A missing, truncated or altered shard, or an unfinished preparation: exit 2 naming it, at start."""
     import run_pretraining
     from groupbert.cli import main
     from groupbert.data.prepare import main as prepare_main
 
+    tiny = [*tiny_overrides, *CLI]
     prepared = tmp_path / "prepared"
-    assert prepare_main([a for s in TINY for a in ("--set", s)] + ["--output", str(prepared), "--quiet"]) == 0
+    assert prepare_main([a for s in tiny for a in ("--set", s)] + ["--output", str(prepared), "--quiet"]) == 0
     manifest = json.loads((prepared / "manifest.json").read_text())
     shard = prepared / manifest["shards"]["train"][0]["path"]
     good = shard.read_bytes()
@@ -103,7 +107,7 @@ def test_bad_prepared_shards_exit_2_before_training(tmp_path, capsys):
     recipe.write_text("{}\n")   # every setting from --set
 
     def train(name):
-        argv = [a for s in TINY + [f"data.prepared={prepared}", "train.max_steps=2"] for a in ("--set", s)]
+        argv = [a for s in tiny + [f"data.prepared={prepared}", "train.max_steps=2"] for a in ("--set", s)]
         code = main("pretrain", run_pretraining._pretrain,
                     ["--config", str(recipe), *argv, "--output-dir", str(tmp_path / name), "--quiet"])
         return code, capsys.readouterr().err

@@ -1,14 +1,11 @@
 """groupbert::grouped_conv1d (C++, channels-last) against F.conv1d, its autograd / fake / compile
 registrations, input checks, the reference fallback, and the GroupBERT conv module on either path."""
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from custom_ops import _build, grouped_conv
 from custom_ops.grouped_conv import grouped_conv1d, grouped_conv1d_reference
-from groupbert.config import ModelConfig
 from groupbert.models import GroupBertModel
 
 
@@ -213,14 +210,10 @@ def test_reference_rejects_even_kernel():
         grouped_conv1d_reference(torch.randn(1, 4, 4), torch.randn(4, 2, 2), None, 2)
 
 
-TINY = ModelConfig(type="groupbert", vocab_size=99, hidden_size=32, num_layers=2, num_heads=4,
-                   intermediate_size=36, max_positions=64, conv_group_size=8)
-
-
 @pytest.mark.parametrize("group_size", [8, 16])
-def test_groupbert_same_outputs_and_grads_with_and_without_custom_op(cpp, group_size):
+def test_groupbert_same_outputs_and_grads_with_and_without_custom_op(cpp, group_size, tiny_model_config):
     torch.manual_seed(0)
-    model = GroupBertModel(dataclasses.replace(TINY, conv_group_size=group_size))
+    model = GroupBertModel(tiny_model_config(conv_group_size=group_size))
     input_ids = torch.randint(0, 99, (2, 12))
     attention_mask = torch.ones(2, 12, dtype=torch.long)
     attention_mask[1, 7:] = 0
@@ -241,10 +234,10 @@ def test_groupbert_same_outputs_and_grads_with_and_without_custom_op(cpp, group_
         model.state_dict())  # the parameters are nn.Conv1d's on either path
 
 
-def test_groupbert_under_cpu_bf16_autocast(cpp):
+def test_groupbert_under_cpu_bf16_autocast(cpp, tiny_model_config):
     """precision: bf16 on CPU: the activations reaching the conv are bf16, its parameters float32."""
     torch.manual_seed(0)
-    model = GroupBertModel(TINY)
+    model = GroupBertModel(tiny_model_config())
     input_ids = torch.randint(0, 99, (2, 12))
     outs = {}
     for use in (True, False):

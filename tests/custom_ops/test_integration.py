@@ -5,13 +5,10 @@ import torch.nn.functional as F
 
 import custom_ops
 from custom_ops import _build
-from groupbert.config import ConfigError, ModelConfig, load_config
+from groupbert.config import ConfigError, load_config
 from groupbert.ipu import poptorch
 from groupbert.ipu.pipeline import deparallelize, parallelize
 from groupbert.models import GroupBertForPreTraining
-
-TINY = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=32,
-            conv_group_size=16)
 
 
 @pytest.fixture
@@ -40,8 +37,9 @@ def test_off_mode_reports_the_reference(mode_reset):
     assert all(v.startswith("reference") for v in custom_ops.status().values())
 
 
-def test_ipu_pipeline_switches_the_conv_to_nn_conv1d():
-    model = GroupBertForPreTraining(ModelConfig(**TINY))
+def test_ipu_pipeline_switches_the_conv_to_nn_conv1d(tiny_model_config):
+    model = GroupBertForPreTraining(tiny_model_config(vocab_size=64, num_heads=2, intermediate_size=64,
+                                                      max_positions=32, conv_group_size=16))
     convs = [m for m in model.modules() if hasattr(m, "use_custom_op")]
     assert convs and all(m.use_custom_op for m in convs)
     parallelize(model, [1, 1])

@@ -21,17 +21,16 @@ from groupbert.experiments.sweep.__main__ import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, EVAL_EVERY = 24, 4
-SMALL = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
-         "data.seq_len=32", "data.max_predictions=5", "data.max_documents=8", "data.validation_fraction=0.2",
-         "data.dupe_factor=1", "train.micro_batch_size=4", "train.eval_batches=2", "train.checkpoint_every=0",
-         f"train.max_steps={STEPS}", f"train.eval_every={EVAL_EVERY}", "train.eval_at_start=false",
-         f"logging.log_every={EVAL_EVERY}", "schedule.name=constant", "schedule.warmup_steps=0", "runtime.threads=1",
-         "runtime.custom_ops=off", "logging.wandb.mode=disabled"]
+# what these runs add to the shared tiny run (conftest.py), over configs/groupbert/tiny_phase1.yaml
+SMALL = ["data.seq_len=32", "data.max_predictions=5", "data.max_documents=8", "data.dupe_factor=1",
+         "train.micro_batch_size=4", "train.checkpoint_every=0", f"train.max_steps={STEPS}",
+         f"train.eval_every={EVAL_EVERY}", "train.eval_at_start=false", f"logging.log_every={EVAL_EVERY}",
+         "schedule.name=constant", "schedule.warmup_steps=0", "runtime.threads=1", "runtime.custom_ops=off"]
 
 
-def test_hyperband_stops_a_real_pretraining_run(tmp_path):
+def test_hyperband_stops_a_real_pretraining_run(tmp_path, tiny_overrides):
     command = ["${env}", "${interpreter}", "${program}", "--config", "configs/groupbert/tiny_phase1.yaml"]
-    for s in SMALL + [f"data.cache_dir={tmp_path / 'cache'}"]:
+    for s in [*tiny_overrides, *SMALL, f"data.cache_dir={tmp_path / 'cache'}"]:
         command += ["--set", s]
     sweep = {"program": "run_pretraining.py", "method": "grid", "metric": {"name": "eval_loss", "goal": "minimize"},
              # eta 3: a running run must be in the best third at a band; bands are values 1, 3 (steps 8, 16)

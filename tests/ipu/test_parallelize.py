@@ -2,15 +2,17 @@
 import pytest
 import torch
 
-from groupbert.config import ModelConfig
 from groupbert.ipu.pipeline import deparallelize, layer_ipus, parallelize
 from groupbert.models import build_model
 
 
-def _model(kind, layers=4):
-    torch.manual_seed(0)
-    return build_model(ModelConfig(type=kind, vocab_size=99, hidden_size=32, num_layers=layers, num_heads=2,
-                                   intermediate_size=64, max_positions=64))
+@pytest.fixture(scope="module")
+def make_model(tiny_model_config):
+    def make(kind, layers=4):  # the tiny model in 2 heads, a 2H feed-forward and (GroupBERT) 2 conv groups
+        torch.manual_seed(0)
+        return build_model(tiny_model_config(kind, num_layers=layers, num_heads=2, intermediate_size=64,
+                                             conv_group_size=16))
+    return make
 
 
 def test_layer_ipus():
@@ -19,8 +21,8 @@ def test_layer_ipus():
 
 
 @pytest.mark.parametrize("kind", ["bert", "groupbert"])
-def test_parallelize_keeps_numerics_and_is_removable(kind):
-    model = _model(kind).eval()
+def test_parallelize_keeps_numerics_and_is_removable(kind, make_model):
+    model = make_model(kind).eval()
     ids = torch.randint(0, 99, (2, 16))
     before = model(ids).mlm_logits
     parallelize(model, [1, 1, 2])
@@ -29,12 +31,12 @@ def test_parallelize_keeps_numerics_and_is_removable(kind):
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
 
-def test_layers_that_do_not_cover_the_model_are_rejected():
+def test_layers_that_do_not_cover_the_model_are_rejected(make_model):
     with pytest.raises(ValueError, match="places 3 layers but the model has 4"):
-        parallelize(_model("groupbert"), [1, 2])
+        parallelize(make_model("groupbert"), [1, 2])
 
 
-def test_gpt2_pipelined_through_the_emulator_trains_like_plain_training():
+def test_gpt2_pipelined_through_the_emulator_trains_like_plain_training(tiny_model_config):
     """GPT-2 over 2 IPUs (ln_f and the tied head back on IPU 0: 3 stages, GA >= 5) with PopART's AdamW
     equals our AdamW on the mean gradient of the same micro-batches."""
     from groupbert.ipu import emulator as poptorch
@@ -42,8 +44,7 @@ def test_gpt2_pipelined_through_the_emulator_trains_like_plain_training():
     from optimizers import AdamW
 
     torch.manual_seed(0)
-    cfg = ModelConfig(type="gpt2", vocab_size=99, hidden_size=32, num_layers=2, num_heads=4,
-                      intermediate_size=128, max_positions=32, layer_norm_eps=1e-5)
+    cfg = tiny_model_config("gpt2", intermediate_size=128, max_positions=32, layer_norm_eps=1e-5)
     ref, emu = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
     emu.load_state_dict(ref.state_dict())
     ga, micro, steps = 6, 2, 2

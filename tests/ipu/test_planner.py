@@ -100,7 +100,7 @@ def test_weights_sum_to_the_models_exact_parameter_count(config):
 
 
 def test_groupbert_base_parameter_count_matches_the_reference_arithmetic(phase1):
-    assert plan(phase1).parameters == pytest.approx(160.8e6, rel=1e-3)  # ipu_stack.md section 3.2
+    assert plan(phase1).parameters == pytest.approx(160.8e6, rel=1e-3)  # Graphcore/groupbert-base-uncased: 322 MB in fp16
 
 
 def test_first_stage_stashes_the_most_micro_batches():
@@ -156,8 +156,8 @@ def test_shipped_recipes_fit(phase1):
 # ---------------------------------------------------------------------------------------------
 # Analytic counts against torch's own bookkeeping (tiny, odd sizes, fp32, CPU)
 
-TINY = dict(hidden_size=48, num_heads=3, intermediate_size=96, vocab_size=101, max_positions=64,
-            conv_group_size=16, ffn_groups=4, num_layers=2)
+# the shared tiny model (conftest.py) at other odd sizes: hidden 48 in 3 heads, 4 FFN groups, 3 conv groups
+ODD = dict(hidden_size=48, num_heads=3, intermediate_size=96, vocab_size=101, conv_group_size=16, ffn_groups=4)
 
 
 def _saved_elements(module, *args):
@@ -178,11 +178,11 @@ def _saved_elements(module, *args):
 
 
 @pytest.mark.parametrize("model_type", ["groupbert", "bert"])
-def test_layer_activation_count_equals_autograds_saved_tensors(model_type):
+def test_layer_activation_count_equals_autograds_saved_tensors(model_type, tiny_model_config):
     from groupbert.models.bert import BertLayer
     from groupbert.models.groupbert import GroupBertLayer
 
-    m = ModelConfig(type=model_type, **TINY)
+    m = tiny_model_config(model_type, **ODD)
     b, T = 3, 17
     x = torch.randn(b, T, m.hidden_size, requires_grad=True)
     attn_mask = torch.zeros(b, 1, 1, T)
@@ -193,10 +193,10 @@ def test_layer_activation_count_equals_autograds_saved_tensors(model_type):
     assert saved == planner.layer_activation_elements(m, b, T)
 
 
-def test_heads_activation_count_equals_autograds_saved_tensors():
+def test_heads_activation_count_equals_autograds_saved_tensors(tiny_model_config):
     from groupbert.models.bert import BertPooler, BertPreTrainingHeads, pretraining_loss
 
-    m = ModelConfig(type="groupbert", **TINY)
+    m = tiny_model_config("groupbert", **ODD)
     b, T, P = 3, 17, 5
     positions = torch.randint(0, T, (b, P))
 
@@ -216,11 +216,11 @@ def test_heads_activation_count_equals_autograds_saved_tensors():
 
 
 @pytest.mark.parametrize("model_type", ["groupbert", "bert"])
-def test_forward_flops_equal_torch_flop_counter(model_type):
+def test_forward_flops_equal_torch_flop_counter(model_type, tiny_model_overrides):
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = load_config(None, [f"model.{k}={v}" for k, v in TINY.items()] + [
-        f"model.type={model_type}", "data.seq_len=24", "data.max_predictions=5", "train.micro_batch_size=3",
+    cfg = load_config(None, tiny_model_overrides(model_type, **ODD) + [
+        "data.seq_len=24", "data.max_predictions=5", "train.micro_batch_size=3",
         "train.gradient_accumulation=5", "ipu.layers_per_ipu=[0,2]"])
     m, b, T, P = cfg.model, 3, 24, 5
     with torch.device("meta"):

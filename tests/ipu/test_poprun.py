@@ -72,13 +72,11 @@ def test_emulator_refuses_instances_without_a_process_group(monkeypatch):
         ex(torch.ones(1, 2))
 
 
-TINY = ["model.hidden_size=32", "model.num_layers=4", "model.num_heads=2", "model.intermediate_size=64",
-        "data.seq_len=64", "data.max_predictions=10", "data.max_documents=8", "data.validation_fraction=0.2",
-        "train.micro_batch_size=2", "train.checkpoint_every=0", "train.eval_batches=2", "train.max_steps=2",
-        "schedule.name=constant", "schedule.warmup_steps=0", "logging.progress_bar=false", "runtime.threads=1",
-        "logging.log_every=1", "optimizer.name=lamb", "optimizer.lr=2e-3", "train.max_grad_norm=0",
-        "runtime.backend=ipu-model", "ipu.layers_per_ipu=[1,1,1,1]", "train.gradient_accumulation=9",
-        "ipu.replication_factor=2", "logging.wandb.mode=disabled"]
+# what these runs add to the shared tiny run (conftest.py): 4 layers pipelined over 4 IPUs, 2 replicas
+POD_RUN = ["model.num_layers=4", "data.max_documents=8", "train.micro_batch_size=2", "train.checkpoint_every=0",
+       "train.max_steps=2", "schedule.name=constant", "schedule.warmup_steps=0", "runtime.threads=1",
+       "optimizer.name=lamb", "optimizer.lr=2e-3", "train.max_grad_norm=0", "runtime.backend=ipu-model",
+       "ipu.layers_per_ipu=[1,1,1,1]", "train.gradient_accumulation=9", "ipu.replication_factor=2"]
 
 
 def _train(run):
@@ -86,8 +84,8 @@ def _train(run):
 
 
 @pytest.mark.slow  # ~40 s on 2 shared cores: one reference process, then two instance processes
-def test_two_emulated_instances_equal_one_process(tmp_path):
-    sets = TINY + [f"data.cache_dir={tmp_path / 'cache'}"]
+def test_two_emulated_instances_equal_one_process(tmp_path, tiny_overrides):
+    sets = [*tiny_overrides, *POD_RUN, f"data.cache_dir={tmp_path / 'cache'}"]
     pretrain(load_config(None, sets), tmp_path / "one")  # 2 replicas in one process (no PopRun)
     (tmp_path / "empty.yaml").write_text("{}\n")
     with socket.socket() as s:

@@ -16,10 +16,11 @@ from groupbert.models.bert import (
 transformers = pytest.importorskip("transformers")
 
 
-def _tiny_hf_config():
-    # HF BertModelTester sizes: deliberately odd intermediate size
-    return transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
+def _hf_config(m):
+    """Hugging Face's BertConfig of the same sizes as our ModelConfig ``m``."""
+    return transformers.BertConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
+                                   num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
+                                   max_position_embeddings=m.max_positions, type_vocab_size=m.type_vocab_size)
 
 
 def _batch(B=3, T=12, vocab=99, seed=0):
@@ -34,9 +35,10 @@ def _batch(B=3, T=12, vocab=99, seed=0):
 
 
 @pytest.fixture(scope="module")
-def hf_and_ours():
+def hf_and_ours(tiny_model_config):
     torch.manual_seed(0)
-    hf = transformers.BertForPreTraining(_tiny_hf_config()).eval()
+    # the shared tiny model (HF BertModelTester sizes: deliberately odd intermediate size), built by HF
+    hf = transformers.BertForPreTraining(_hf_config(tiny_model_config("bert"))).eval()
     ours = BertForPreTraining(from_hf_config(hf.config)).eval()
     load_hf_state_dict(ours, hf.state_dict())
     return hf, ours

@@ -17,20 +17,27 @@ from groupbert.models.gpt2 import (
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 99
+VOCAB = 99  # the shared tiny model's (conftest.py)
 
 
-def _tiny_hf_config(**kwargs):
-    # HF GPT2ModelTester-like sizes; bos/eos inside the tiny vocab (GPT-2's <|endoftext|> is the last id)
-    return transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                   bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, **kwargs)
+@pytest.fixture(scope="module")
+def gpt2_config(tiny_model_config):
+    def make(**kwargs):
+        # the shared tiny model: deliberately odd intermediate size (not 4H); GPT-2's LayerNorm eps given explicitly
+        return tiny_model_config("gpt2", hidden_dropout=0.0, attention_dropout=0.0, layer_norm_eps=1e-5, **kwargs)
+    return make
 
 
-def _tiny_config(**kwargs):
-    # deliberately odd intermediate size (not 4H); GPT-2's LayerNorm eps given explicitly
-    base = dict(type="gpt2", vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37,
-                max_positions=64, hidden_dropout=0.0, attention_dropout=0.0, layer_norm_eps=1e-5)
-    return ModelConfig(**{**base, **kwargs})
+@pytest.fixture(scope="module")
+def hf_gpt2_config(gpt2_config):
+    def make(**kwargs):
+        # HF GPT2ModelTester-like: the tiny model's sizes (n_inner: HF's 4H); bos/eos inside the tiny vocab
+        # (GPT-2's <|endoftext|> is the last id)
+        m = gpt2_config()
+        return transformers.GPT2Config(vocab_size=m.vocab_size, n_embd=m.hidden_size, n_layer=m.num_layers,
+                                       n_head=m.num_heads, n_positions=m.max_positions,
+                                       bos_token_id=m.vocab_size - 1, eos_token_id=m.vocab_size - 1, **kwargs)
+    return make
 
 
 def _ids(B=3, T=12, seed=0):
@@ -38,9 +45,9 @@ def _ids(B=3, T=12, seed=0):
 
 
 @pytest.fixture(scope="module")
-def hf_and_ours():
+def hf_and_ours(hf_gpt2_config):
     torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(_tiny_hf_config()).eval()
+    hf = transformers.GPT2LMHeadModel(hf_gpt2_config()).eval()
     ours = GPT2LMHeadModel(from_hf_config(hf.config)).eval()
     load_hf_state_dict(ours, hf.state_dict())
     return hf, ours
@@ -75,9 +82,9 @@ def test_padding_mask_matches_hf_at_tokens(hf_and_ours):
     torch.testing.assert_close(out[keep], ref[keep], atol=1e-5, rtol=1e-5)
 
 
-def test_round_trip_to_hf_gives_identical_logits():
+def test_round_trip_to_hf_gives_identical_logits(gpt2_config):
     torch.manual_seed(1)
-    ours = GPT2LMHeadModel(_tiny_config()).eval()
+    ours = GPT2LMHeadModel(gpt2_config()).eval()
     hf = transformers.GPT2LMHeadModel(to_hf_config(ours.config)).eval()
     hf.load_state_dict(to_hf_state_dict(ours), strict=True)
     assert hf.transformer.h[0].mlp.c_fc.weight.shape == (32, 37)  # Conv1D [in, out]
@@ -91,9 +98,9 @@ def test_round_trip_to_hf_gives_identical_logits():
         torch.testing.assert_close(again.state_dict()[key], value, atol=0, rtol=0)
 
 
-def test_attention_is_causal():
+def test_attention_is_causal(gpt2_config):
     torch.manual_seed(2)
-    model = GPT2LMHeadModel(_tiny_config()).eval()
+    model = GPT2LMHeadModel(gpt2_config()).eval()
     input_ids = _ids(B=2, T=10, seed=2)
     changed = input_ids.clone()
     changed[:, 6] = (changed[:, 6] + 1) % VOCAB
@@ -105,7 +112,7 @@ def test_attention_is_causal():
     torch.testing.assert_close(masked, b, atol=1e-6, rtol=1e-6)  # the mask path is causal too
 
 
-def test_lm_head_tied_and_configs_round_trip(hf_and_ours):
+def test_lm_head_tied_and_configs_round_trip(hf_and_ours, hf_gpt2_config):
     hf, ours = hf_and_ours
     assert ours.lm_head.weight is ours.transformer.wte.weight
     assert ours.lm_head.bias is None
@@ -121,14 +128,14 @@ def test_lm_head_tied_and_configs_round_trip(hf_and_ours):
     with pytest.raises(ValueError, match="gpt2"):
         to_hf_config(ModelConfig(type="bert"))
     with pytest.raises(ValueError, match="activation_function"):
-        from_hf_config(_tiny_hf_config(activation_function="relu"))
+        from_hf_config(hf_gpt2_config(activation_function="relu"))
 
 
-def test_scaled_residual_init():
+def test_scaled_residual_init(gpt2_config):
     torch.manual_seed(3)
     L = 8
-    model = GPT2LMHeadModel(_tiny_config(vocab_size=512, hidden_size=256, num_layers=L, num_heads=4,
-                                         intermediate_size=1024))
+    model = GPT2LMHeadModel(gpt2_config(vocab_size=512, hidden_size=256, num_layers=L, num_heads=4,
+                                        intermediate_size=1024))
 
     def std(suffix):  # pooled over all layers: ~0.5-2M samples, relative sampling error ~0.1%
         return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if n.endswith(suffix)]).std()
@@ -145,9 +152,9 @@ def test_scaled_residual_init():
             assert torch.all(p == 1), name
 
 
-def test_loss_decreases_with_adamw():
+def test_loss_decreases_with_adamw(gpt2_config):
     torch.manual_seed(4)
-    model = GPT2LMHeadModel(_tiny_config()).train()
+    model = GPT2LMHeadModel(gpt2_config()).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     input_ids = _ids(B=4, T=16, seed=4)
     losses = []
@@ -161,8 +168,8 @@ def test_loss_decreases_with_adamw():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_all_ignored_labels_give_zero_loss():
-    model = GPT2LMHeadModel(_tiny_config())
+def test_all_ignored_labels_give_zero_loss(gpt2_config):
+    model = GPT2LMHeadModel(gpt2_config())
     input_ids = _ids()
     out = model(input_ids, labels=torch.full_like(input_ids, -100))
     out.loss.backward()
@@ -224,9 +231,9 @@ def test_from_pretrained_dir(hf_and_ours, tmp_path):
         GPT2LMHeadModel.from_pretrained_dir(str(tmp_path / "nope"))
 
 
-def test_rejects_bad_sizes():
+def test_rejects_bad_sizes(gpt2_config):
     with pytest.raises(ValueError, match="num_heads"):
-        GPT2LMHeadModel(_tiny_config(num_heads=5))
-    model = GPT2LMHeadModel(_tiny_config(max_positions=8))
+        GPT2LMHeadModel(gpt2_config(num_heads=5))
+    model = GPT2LMHeadModel(gpt2_config(max_positions=8))
     with pytest.raises(ValueError, match="max_positions"):
         model(_ids(T=9))

@@ -6,15 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groupbert.config import ModelConfig
 from groupbert.models import GroupedLinear, GroupBertForPreTraining, GroupBertModel, build_model
 
-TINY = ModelConfig(type="groupbert", vocab_size=99, hidden_size=32, num_layers=2, num_heads=4,
-                   intermediate_size=36, max_positions=64, conv_group_size=8)  # 4 conv groups, 4 FFN groups
 
-
-def _tiny(**overrides):
-    return dataclasses.replace(TINY, **overrides)
+@pytest.fixture(scope="module")
+def tiny(tiny_model_config):
+    return tiny_model_config()  # the shared tiny GroupBERT (conftest.py): 4 conv groups, 4 FFN groups
 
 
 def _padded_batch(B=3, T=16, seed=0):
@@ -27,9 +24,9 @@ def _padded_batch(B=3, T=16, seed=0):
     return input_ids, token_type_ids, attention_mask
 
 
-def test_layer_runs_modules_in_order_conv_ffn1_attn_ffn2():
+def test_layer_runs_modules_in_order_conv_ffn1_attn_ffn2(tiny):
     torch.manual_seed(0)
-    model = GroupBertModel(TINY).eval()
+    model = GroupBertModel(tiny).eval()
     calls = []
     for i, layer in enumerate(model.encoder.layer):
         for name in ("conv_norm", "conv", "ffn1_norm", "ffn1", "attn_norm", "attn", "ffn2_norm", "ffn2"):
@@ -40,9 +37,9 @@ def test_layer_runs_modules_in_order_conv_ffn1_attn_ffn2():
     assert calls == [f"{i}.{n}" for i in range(2) for n in per_layer] + ["final_norm"]
 
 
-def test_layer_is_four_prenorm_residuals():
+def test_layer_is_four_prenorm_residuals(tiny):
     torch.manual_seed(0)
-    model = GroupBertModel(TINY).eval()
+    model = GroupBertModel(tiny).eval()
     layer = model.encoder.layer[0]
     x = torch.randn(2, 8, 32)
     pad = torch.ones(2, 8, dtype=torch.bool)
@@ -56,9 +53,9 @@ def test_layer_is_four_prenorm_residuals():
         torch.testing.assert_close(layer(x, attn_mask, pad), y)
 
 
-def test_padded_positions_do_not_change_real_outputs():
+def test_padded_positions_do_not_change_real_outputs(tiny):
     torch.manual_seed(0)
-    model = GroupBertForPreTraining(TINY).eval()
+    model = GroupBertForPreTraining(tiny).eval()
     input_ids, token_type_ids, attention_mask = _padded_batch()
     pad = attention_mask == 0
     other_ids = torch.where(pad, (input_ids + 17) % 99, input_ids)
@@ -99,9 +96,9 @@ def test_grouped_linear_rejects_indivisible_sizes():
         GroupedLinear(10, 6, 4)
 
 
-def test_conv_module_matches_functional_reference():
+def test_conv_module_matches_functional_reference(tiny):
     torch.manual_seed(0)
-    conv = GroupBertModel(TINY).encoder.layer[0].conv.eval()
+    conv = GroupBertModel(tiny).encoder.layer[0].conv.eval()
     with torch.no_grad():
         for p in conv.parameters():  # non-trivial biases and norm affine
             p.add_(0.1 * torch.randn_like(p))
@@ -121,9 +118,9 @@ def test_conv_module_matches_functional_reference():
     assert conv.grouped_conv.weight.shape == (32, 8, 7)  # 16 channels/group at full size; 8 here
 
 
-def test_loss_decreases_on_a_tiny_batch():
+def test_loss_decreases_on_a_tiny_batch(tiny):
     torch.manual_seed(0)
-    model = GroupBertForPreTraining(TINY).train()
+    model = GroupBertForPreTraining(tiny).train()
     input_ids, token_type_ids, attention_mask = _padded_batch(B=4)
     positions = torch.tensor([[1, 3, 5], [2, 4, 0], [1, 2, 0], [3, 4, 5]])
     labels = torch.tensor([[5, 6, 7], [8, 9, -100], [10, 11, -100], [12, 13, 14]])
@@ -139,9 +136,9 @@ def test_loss_decreases_on_a_tiny_batch():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_backward_with_dropout_reaches_every_parameter():
+def test_backward_with_dropout_reaches_every_parameter(tiny):
     torch.manual_seed(0)
-    model = build_model(_tiny(hidden_dropout=0.1, attention_dropout=0.1)).train()
+    model = build_model(dataclasses.replace(tiny, hidden_dropout=0.1, attention_dropout=0.1)).train()
     input_ids, token_type_ids, attention_mask = _padded_batch()
     positions = torch.tensor([[1, 2], [3, 4], [1, 5]])
     out = model(input_ids, token_type_ids, attention_mask, positions, torch.tensor([[1, 2], [3, 4], [5, -100]]),
@@ -160,8 +157,8 @@ def test_backward_with_dropout_reaches_every_parameter():
     (dict(num_heads=5), "num_heads"),                                            # 32 % 5
     (dict(conv_kernel_size=6), "conv_kernel_size"),
 ])
-def test_invalid_sizes_raise_naming_the_field(overrides, field):
-    cfg = _tiny(**overrides)
+def test_invalid_sizes_raise_naming_the_field(overrides, field, tiny):
+    cfg = dataclasses.replace(tiny, **overrides)
     if field is None:  # a valid odd-sized config builds
         GroupBertModel(cfg)
         return
@@ -169,9 +166,10 @@ def test_invalid_sizes_raise_naming_the_field(overrides, field):
         GroupBertModel(cfg)
 
 
-def test_init_is_truncated_normal_with_zero_biases():
+def test_init_is_truncated_normal_with_zero_biases(tiny):
     torch.manual_seed(0)
-    model = GroupBertForPreTraining(_tiny(hidden_size=64, intermediate_size=256, conv_group_size=16))
+    model = GroupBertForPreTraining(dataclasses.replace(tiny, hidden_size=64, intermediate_size=256,
+                                                        conv_group_size=16))
     layer = model.bert.encoder.layer[0]
     for w in (layer.ffn1.output.weight, layer.conv.grouped_conv.weight, layer.attn.query.weight):
         assert w.abs().max() <= 0.04 + 1e-7
@@ -182,6 +180,6 @@ def test_init_is_truncated_normal_with_zero_biases():
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
 
 
-def test_build_model_rejects_unknown_type():
+def test_build_model_rejects_unknown_type(tiny):
     with pytest.raises(ValueError, match="bert.*groupbert"):
-        build_model(_tiny(type="gpt3"))
+        build_model(dataclasses.replace(tiny, type="gpt3"))

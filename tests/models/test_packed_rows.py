@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from groupbert.config import ModelConfig
 from groupbert.data import Document, build_pretraining_dataset, bundled_vocab_file, load_wordpiece, special_ids
 from groupbert.data.columns import IGNORE_INDEX, PACKED_MASKED_LM
 from groupbert.data.packing import (max_predictions_per_row, pack_pretraining_columns,
@@ -93,11 +92,14 @@ def test_every_sequence_lands_once_intact(columns, packed, tok):
     assert cols["masked_lm_labels"].shape[1] == max_predictions_per_row(SEQ, 0.15, P, S)
 
 
-def _model(kind: str):
-    cfg = ModelConfig(type=kind, vocab_size=30522, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                      max_positions=SEQ, hidden_dropout=0.0, attention_dropout=0.0)
-    torch.manual_seed(0)
-    return build_model(cfg).double()
+@pytest.fixture(scope="module")
+def make_model(tiny_model_config):
+    def make(kind: str):  # the tiny model on the WordPiece vocabulary: 2 heads, 2H feed-forward, 2 conv groups
+        cfg = tiny_model_config(kind, vocab_size=30522, num_heads=2, intermediate_size=64, conv_group_size=16,
+                                max_positions=SEQ, hidden_dropout=0.0, attention_dropout=0.0)
+        torch.manual_seed(0)
+        return build_model(cfg).double()
+    return make
 
 
 def _forward(model, batch: dict):
@@ -112,9 +114,9 @@ def _forward(model, batch: dict):
 
 
 @pytest.mark.parametrize("kind", ["bert", "groupbert"])
-def test_packed_losses_hidden_states_and_gradients_equal_unpacked(kind, columns, packed):
+def test_packed_losses_hidden_states_and_gradients_equal_unpacked(kind, columns, packed, make_model):
     cols, _ = packed
-    model = _model(kind)
+    model = make_model(kind)
     a, ha, ga = _forward(model, columns)
     b, hb, gb = _forward(model, cols)
     assert a.mlm_loss.item() == pytest.approx(b.mlm_loss.item(), rel=1e-6)
@@ -133,9 +135,9 @@ def test_packed_losses_hidden_states_and_gradients_equal_unpacked(kind, columns,
         torch.testing.assert_close(gb[n], ga[n], rtol=1e-8, atol=1e-12, msg=n)
 
 
-def test_unpacked_rows_through_the_packed_path_are_unchanged(columns):
+def test_unpacked_rows_through_the_packed_path_are_unchanged(columns, make_model):
     """One sequence per row is the packed format's special case (sequence number 1, positions 0..T-1)."""
-    model = _model("groupbert")
+    model = make_model("groupbert")
     a, _, ga = _forward(model, columns)
     n = len(columns["input_ids"])
     as_packed = dict(columns, position_ids=np.tile(np.arange(SEQ), (n, 1)), cls_positions=np.zeros((n, 1)),

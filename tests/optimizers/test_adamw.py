@@ -7,12 +7,13 @@ import re
 import pytest
 import torch
 
-from groupbert.config import ModelConfig
 from groupbert.models import BertForPreTraining
 from optimizers.adamw import AdamW
 
-TINY = ModelConfig(type="bert", vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37,
-                   max_positions=16)
+
+@pytest.fixture(scope="module")
+def tiny_bert(tiny_model_config):
+    return tiny_model_config("bert", max_positions=16)  # the batches are 12 tokens long
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,9 +34,9 @@ def _token_batches(n, B=4, T=12, P=3, seed=0):
                  next_sentence_label=torch.randint(0, 2, (B,), generator=g)) for _ in range(n)]
 
 
-def _train_tiny_bert(make_optimizer, steps=100):
+def _train_tiny_bert(config, make_optimizer, steps=100):
     torch.manual_seed(0)
-    model = BertForPreTraining(TINY)
+    model = BertForPreTraining(config)
     matrices = [p for p in model.parameters() if p.dim() >= 2]  # tied decoder weight appears once
     vectors = [p for p in model.parameters() if p.dim() < 2]
     opt = make_optimizer([{"params": matrices, "weight_decay": 0.1}, {"params": vectors, "weight_decay": 0.0}])
@@ -55,14 +56,14 @@ HP = dict(lr=3e-3, betas=(0.9, 0.98), eps=1e-8)
 
 
 @pytest.fixture(scope="module")
-def torch_adamw_run():
-    return _train_tiny_bert(lambda groups: torch.optim.AdamW(groups, **HP))  # single-tensor path on CPU
+def torch_adamw_run(tiny_bert):
+    return _train_tiny_bert(tiny_bert, lambda groups: torch.optim.AdamW(groups, **HP))  # single-tensor path on CPU
 
 
 @pytest.mark.parametrize("foreach", [True, False])
-def test_matches_torch_adamw_on_tiny_bert(foreach, torch_adamw_run):
+def test_matches_torch_adamw_on_tiny_bert(foreach, torch_adamw_run, tiny_bert):
     ref_model, ref_opt, ref_losses = torch_adamw_run
-    model, opt, losses = _train_tiny_bert(lambda groups: AdamW(groups, foreach=foreach, **HP))
+    model, opt, losses = _train_tiny_bert(tiny_bert, lambda groups: AdamW(groups, foreach=foreach, **HP))
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
     assert ref_losses[-1] < 0.8 * ref_losses[0]
     # Same op order as torch, so on CPU the results are bitwise equal; the tolerance allows one ulp.

@@ -1,19 +1,22 @@
 """Parameter groups by rule on the real models."""
+import pytest
 import torch
 
-from groupbert.config import ModelConfig
 from groupbert.models import build_model
 from optimizers import param_groups
 
 
-def _model(kind):
-    return build_model(ModelConfig(type=kind, vocab_size=99, hidden_size=32, num_layers=1, num_heads=2,
-                                   intermediate_size=64, max_positions=64))
+@pytest.fixture(scope="module")
+def make_model(tiny_model_config):
+    def make(kind):  # the tiny model on one layer of 2 heads, a 2H feed-forward, (GroupBERT) 2 conv groups
+        return build_model(tiny_model_config(kind, num_layers=1, num_heads=2, intermediate_size=64,
+                                             conv_group_size=16))
+    return make
 
 
-def test_groups_cover_every_parameter_once_with_the_right_settings():
+def test_groups_cover_every_parameter_once_with_the_right_settings(make_model):
     for kind in ("bert", "groupbert"):
-        model = _model(kind)
+        model = make_model(kind)
         groups = {g["group"]: g for g in param_groups(model, 0.01)}
         unique = {id(p) for p in model.parameters()}
         listed = [id(p) for g in groups.values() for p in g["params"]]
@@ -27,15 +30,15 @@ def test_groups_cover_every_parameter_once_with_the_right_settings():
         assert any("LayerNorm" in n or "norm" in n for n in groups["vectors"]["param_names"])
 
 
-def test_embedding_rules_are_configurable():
-    groups = {g["group"]: g for g in param_groups(_model("bert"), 0.1, decay_embeddings=False,
+def test_embedding_rules_are_configurable(make_model):
+    groups = {g["group"]: g for g in param_groups(make_model("bert"), 0.1, decay_embeddings=False,
                                                   rotational_embeddings=False, trust_ratio_vectors=True)}
     assert groups["embeddings"]["weight_decay"] == 0.0 and groups["embeddings"]["rotational"] is False
     assert groups["vectors"]["trust_ratio"] is True
 
 
-def test_torch_optimizers_accept_the_groups():
-    model = _model("groupbert")
+def test_torch_optimizers_accept_the_groups(make_model):
+    model = make_model("groupbert")
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-3)
     model(torch.randint(0, 99, (2, 8))).mlm_logits.sum().backward()
     opt.step()

@@ -4,22 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from groupbert.config import load_config
 from groupbert.tasks.squad import finetune
 from squad_fixtures import write_nested
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model.type=bert", "model.vocab_size=30522", "model.hidden_size=32", "model.num_layers=2",
-        "model.num_heads=4", "model.intermediate_size=37", "model.max_positions=64", "data.seq_len=64",
-        "squad.doc_stride=16", "squad.max_query_length=16", "squad.epochs=null", "train.max_steps=2",
-        "train.micro_batch_size=4", "logging.log_every=1", "logging.progress_bar=false",
-        "logging.wandb.mode=disabled", "runtime.backend=cpu", "train.checkpoint_every=1"]
 
 
-def test_tiny_finetune_and_resume(tmp_path):
+def test_tiny_finetune_and_resume(tmp_path, squad_config):
     data = write_nested(tmp_path / "squad.json")
-    overrides = TINY + [f"squad.train_file={data}", f"squad.dev_file={data}"]
-    cfg = load_config(None, overrides)
+    cfg = squad_config(f"squad.train_file={data}", f"squad.dev_file={data}")
     results = finetune(cfg, tmp_path / "run")
     run = tmp_path / "run"
     preds = json.loads((run / "predictions.json").read_text())
@@ -60,7 +53,7 @@ def test_cli_bad_data_exits_2(tmp_path):
     assert out.returncode == 2 and "bad.json" in out.stderr
 
 
-def test_ipu_emulator_finetune_equals_cpu(tmp_path):
+def test_ipu_emulator_finetune_equals_cpu(tmp_path, squad_config):
     """run_squad's IPU path (pipelined over 2 IPUs, device iterations 2, GA 5, 2 replicas) on the emulator
     ends with the same weights and dev predictions as CPU fine-tuning on the same samples."""
     import torch
@@ -68,15 +61,13 @@ def test_ipu_emulator_finetune_equals_cpu(tmp_path):
 
     from groupbert.training.checkpoint import read_checkpoint
     data = write_nested(tmp_path / "squad.json")
-    replaced = ("runtime.backend", "train.micro_batch_size", "logging.log_every", "train.checkpoint_every")
-    common = [o for o in TINY if not o.startswith(replaced)] + [
-        f"squad.train_file={data}", f"squad.dev_file={data}", "train.micro_batch_size=1",
-        "train.gradient_accumulation=5", "ipu.replication_factor=2", "train.checkpoint_every=2",
-        "logging.log_every=2", "train.max_grad_norm=0", "schedule.name=constant", "schedule.warmup_steps=0",
-        "optimizer.eps=1e-6"]
-    finetune(load_config(None, common + ["runtime.backend=cpu"]), tmp_path / "cpu")
-    finetune(load_config(None, common + ["runtime.backend=ipu-model", "ipu.device_iterations=2",
-                                         "ipu.layers_per_ipu=[1,1]"]), tmp_path / "ipu")
+    common = [f"squad.train_file={data}", f"squad.dev_file={data}", "train.micro_batch_size=1",
+              "train.gradient_accumulation=5", "ipu.replication_factor=2", "train.checkpoint_every=2",
+              "logging.log_every=2", "train.max_grad_norm=0", "schedule.name=constant", "schedule.warmup_steps=0",
+              "optimizer.eps=1e-6"]
+    finetune(squad_config(*common, "runtime.backend=cpu"), tmp_path / "cpu")
+    finetune(squad_config(*common, "runtime.backend=ipu-model", "ipu.device_iterations=2", "ipu.layers_per_ipu=[1,1]"),
+             tmp_path / "ipu")
     a = load_file(str(read_checkpoint(tmp_path / "cpu").path / "model.safetensors"))
     b = load_file(str(read_checkpoint(tmp_path / "ipu").path / "model.safetensors"))
     for k in a:
@@ -85,7 +76,7 @@ def test_ipu_emulator_finetune_equals_cpu(tmp_path):
         json.loads((tmp_path / "ipu" / "predictions.json").read_text())
 
 
-def test_eval_every_keeps_the_best_checkpoint_and_eval_only_reproduces_it(tmp_path, capsys):
+def test_eval_every_keeps_the_best_checkpoint_and_eval_only_reproduces_it(tmp_path, capsys, squad_config):
     """SQuAD through the one engine: dev evaluation every train.eval_every steps, checkpoints/best at the
     best F1 (kept by the rotation), nbest_predictions.json, and --eval-only on the run and on the best
     checkpoint giving back exactly the EM/F1 and answers of those evaluations."""
@@ -94,9 +85,9 @@ def test_eval_every_keeps_the_best_checkpoint_and_eval_only_reproduces_it(tmp_pa
 
     data = write_nested(tmp_path / "squad.json")
     run = tmp_path / "run"
-    sets = TINY + [f"squad.train_file={data}", f"squad.dev_file={data}", "train.max_steps=6", "train.eval_every=2",
-                   "train.checkpoint_every=0", "train.keep_checkpoints=1", "optimizer.lr=5e-3", "schedule.warmup_steps=0"]
-    results = finetune(load_config(None, sets), run)
+    results = finetune(squad_config(f"squad.train_file={data}", f"squad.dev_file={data}", "train.max_steps=6",
+                                    "train.eval_every=2", "train.checkpoint_every=0", "train.keep_checkpoints=1",
+                                    "optimizer.lr=5e-3", "schedule.warmup_steps=0"), run)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 2, 4, 6]

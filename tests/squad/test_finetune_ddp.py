@@ -11,12 +11,11 @@ import pytest
 from groupbert.config import load_config
 from groupbert.tasks.squad import finetune
 from squad_fixtures import write_nested
-from test_finetune import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
-# global batch: 2 micro-batches of 2 features; under torchrun each rank runs one
-DDP = TINY + ["train.gradient_accumulation=2", "train.micro_batch_size=2", "train.max_steps=3",
-              "runtime.threads=1"]
+# what these runs add to the tiny fine-tuning run (conftest.py): global batch 2 micro-batches of 2 features;
+# under torchrun each rank runs one
+DDP = ["train.gradient_accumulation=2", "train.micro_batch_size=2", "train.max_steps=3", "runtime.threads=1"]
 
 
 def _train(run):
@@ -25,9 +24,9 @@ def _train(run):
 
 
 @pytest.mark.slow  # ~30 s on 2 shared cores (two interpreters importing torch)
-def test_two_process_squad_equals_one_process(tmp_path):
+def test_two_process_squad_equals_one_process(tmp_path, squad_overrides):
     data = write_nested(tmp_path / "squad.json")
-    sets = DDP + [f"squad.train_file={data}", f"squad.dev_file={data}"]
+    sets = [*squad_overrides, *DDP, f"squad.train_file={data}", f"squad.dev_file={data}"]
     finetune(load_config(None, sets), tmp_path / "single")
     (tmp_path / "empty.yaml").write_text("{}\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}

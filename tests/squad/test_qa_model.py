@@ -10,7 +10,7 @@ from groupbert.models.qa import BertForQuestionAnswering
 from groupbert.training.initialize import initialize, minilm_dir
 from groupbert.training.checkpoint import CheckpointError, save_checkpoint
 
-TINY = dict(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_positions=64)
+GROUPBERT_FFN = dict(intermediate_size=64)  # GroupBERT here: a 2H feed-forward in 4 groups
 
 
 def _inputs(B=3, T=11, V=99):
@@ -24,9 +24,8 @@ def _inputs(B=3, T=11, V=99):
 
 
 @pytest.mark.parametrize("mtype", ["bert", "groupbert"])
-def test_shapes_and_loss(mtype):
-    extra = dict(conv_group_size=8, ffn_groups=4, intermediate_size=64) if mtype == "groupbert" else {}
-    cfg = ModelConfig(type=mtype, **{**TINY, **extra})
+def test_shapes_and_loss(mtype, tiny_model_config):
+    cfg = tiny_model_config(mtype, **(GROUPBERT_FFN if mtype == "groupbert" else {}))
     model = BertForQuestionAnswering(cfg).eval()
     ids, tt, mask = _inputs()
     out = model(ids, tt, mask)
@@ -45,14 +44,16 @@ def test_shapes_and_loss(mtype):
     assert not any(k.startswith("bert.pooler") for k in model.state_dict())
 
 
-def test_matches_transformers_qa_dir(tmp_path):
+def test_matches_transformers_qa_dir(tmp_path, tiny_model_config):
     transformers = pytest.importorskip("transformers")
-    hf_cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=37, max_position_embeddings=64, hidden_act="gelu")
+    cfg = tiny_model_config("bert", layer_norm_eps=1e-12)
+    hf_cfg = transformers.BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                                     intermediate_size=cfg.intermediate_size,
+                                     max_position_embeddings=cfg.max_positions, hidden_act="gelu")
     torch.manual_seed(0)
     hf = transformers.BertForQuestionAnswering(hf_cfg).eval()
     hf.save_pretrained(tmp_path, safe_serialization=True)
-    cfg = ModelConfig(type="bert", **TINY, layer_norm_eps=1e-12)
     ours = BertForQuestionAnswering(cfg)
     initialize(ours, str(tmp_path))
     ours.eval()
@@ -79,9 +80,8 @@ def test_init_from_minilm_wheel():
 
 
 @pytest.mark.parametrize("mtype", ["bert", "groupbert"])
-def test_init_from_pretraining_checkpoint(tmp_path, mtype):
-    extra = dict(conv_group_size=8, ffn_groups=4, intermediate_size=64) if mtype == "groupbert" else {}
-    cfg = ModelConfig(type=mtype, **{**TINY, **extra})
+def test_init_from_pretraining_checkpoint(tmp_path, mtype, tiny_model_config):
+    cfg = tiny_model_config(mtype, **(GROUPBERT_FFN if mtype == "groupbert" else {}))
     torch.manual_seed(1)
     pre = build_model(cfg)
     save_checkpoint(tmp_path, 5, pre, None, {"model_config": dataclasses.asdict(cfg)})

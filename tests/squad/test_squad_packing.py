@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from groupbert.config import ModelConfig, load_config
 from groupbert.data import load_wordpiece, special_ids
 from groupbert.data.columns import IGNORE_INDEX
 from groupbert.models.qa import BertForQuestionAnswering
@@ -14,7 +13,6 @@ from groupbert.squad.dataset import load_squad
 from groupbert.squad.features import build_features, pack_features
 from groupbert.tasks.squad import finetune, predict_logits
 from squad_fixtures import write_nested
-from test_finetune import TINY
 
 SEQ = 128
 
@@ -38,12 +36,14 @@ def features(tok):
     return build_features(examples, tok, training=True, seq_len=SEQ, doc_stride=32, max_query_length=32)
 
 
-def _model(kind):
-    extra = dict(conv_group_size=8, ffn_groups=4) if kind == "groupbert" else {}
-    cfg = ModelConfig(type=kind, vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                      max_positions=SEQ, hidden_dropout=0.0, attention_dropout=0.0, **extra)
-    torch.manual_seed(0)
-    return BertForQuestionAnswering(cfg).double()
+@pytest.fixture(scope="module")
+def make_model(tiny_model_config):
+    def make(kind):  # the tiny model on the WordPiece vocabulary, a 2H feed-forward
+        cfg = tiny_model_config(kind, vocab_size=30522, intermediate_size=64, max_positions=SEQ,
+                                hidden_dropout=0.0, attention_dropout=0.0)
+        torch.manual_seed(0)
+        return BertForQuestionAnswering(cfg).double()
+    return make
 
 
 def _loss_and_grads(model, cols):
@@ -54,7 +54,7 @@ def _loss_and_grads(model, cols):
 
 
 @pytest.mark.parametrize("kind", ["bert", "groupbert"])
-def test_packed_span_loss_gradients_and_logits_equal_unpacked(kind, features, tok):
+def test_packed_span_loss_gradients_and_logits_equal_unpacked(kind, features, tok, make_model):
     pad = special_ids(tok).pad
     cols, layout, plan = pack_features(features, pad, max_per_pack=3, seed=2)
     assert plan.num_rows < len(features) and plan.num_sequences == len(features)
@@ -65,7 +65,7 @@ def test_packed_span_loss_gradients_and_logits_equal_unpacked(kind, features, to
         assert cols["input_ids"][r, off + features.end_positions[i]] == features.input_ids[i, features.end_positions[i]]
     assert (cols["start_positions"] == IGNORE_INDEX).sum() == plan.num_rows * 3 - len(features)
 
-    model = _model(kind)
+    model = make_model(kind)
     a, ga = _loss_and_grads(model, features.model_inputs(True))
     b, gb = _loss_and_grads(model, cols)
     assert a == pytest.approx(b, rel=1e-6)
@@ -81,14 +81,12 @@ def test_packed_span_loss_gradients_and_logits_equal_unpacked(kind, features, to
     assert (s1[~real] < -1e8).all()
 
 
-def test_packed_finetune_runs_on_every_feature(tmp_path):
+def test_packed_finetune_runs_on_every_feature(tmp_path, squad_config):
     data = write_nested(tmp_path / "squad.json")
-    replaced = ("train.max_steps", "model.max_positions", "data.seq_len")
-    overrides = [o for o in TINY if not o.startswith(replaced)] + [
-        "model.max_positions=128", "data.seq_len=128",
-        f"squad.train_file={data}", f"squad.dev_file={data}", "data.packing=true", "squad.epochs=1",
-        "train.micro_batch_size=2", "train.checkpoint_every=0"]
-    finetune(load_config(None, overrides), tmp_path / "run")
+    # one epoch (squad.epochs sets the length; train.max_steps is not read)
+    finetune(squad_config("model.max_positions=128", "data.seq_len=128", f"squad.train_file={data}",
+                          f"squad.dev_file={data}", "data.packing=true", "squad.epochs=1", "train.micro_batch_size=2",
+                          "train.checkpoint_every=0"), tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     run = next(r for r in records if r["kind"] == "run")
     assert run["train_rows"] < run["train_features"]  # six short questions: two or three per row

@@ -16,12 +16,12 @@ from groupbert.config import ConfigError, load_config
 from groupbert.data.loader import EpochBatches
 from groupbert.training.distributed import check_world_size
 from groupbert.tasks.pretraining import pretrain
-from tests.training.test_pretrain import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
-# global batch 4 micro-batches x 4 sequences; 2 ranks run 2 micro-batches each (no_sync on the first)
-DDP = TINY + ["train.gradient_accumulation=4", "train.micro_batch_size=4", "train.max_steps=6",
-              "train.checkpoint_every=3", "runtime.threads=1", "runtime.backend=cpu"]
+# what these runs add to the shared tiny run (conftest.py): global batch 4 micro-batches x 4 sequences;
+# 2 ranks run 2 micro-batches each (no_sync on the first)
+DDP = ["optimizer.lr=2e-3", "schedule.warmup_steps=2", "train.gradient_accumulation=4", "train.micro_batch_size=4",
+       "train.max_steps=6", "train.checkpoint_every=3", "runtime.threads=1", "runtime.backend=cpu"]
 
 
 def _train_losses(run_dir):
@@ -58,18 +58,18 @@ def test_global_batch_must_split_over_the_ranks():
 
 
 @pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory):
+def one_process_run(tmp_path_factory, tiny_config_at):
     tmp = tmp_path_factory.mktemp("ddp")
-    cfg = load_config(None, DDP + [f"data.cache_dir={tmp / 'cache'}"])
-    pretrain(cfg, tmp / "single")
+    pretrain(tiny_config_at(tmp, *DDP), tmp / "single")
     (tmp / "tiny.yaml").write_text("{}\n")
     return tmp
 
 
 @pytest.mark.slow  # ~90 s on 2 shared cores: a 1-process run, a 2-process torchrun, a 1-process resume
-def test_two_gloo_processes_equal_one_process_and_resume_on_one(one_process_run, tmp_path):
+def test_two_gloo_processes_equal_one_process_and_resume_on_one(one_process_run, tmp_path, tiny_overrides,
+                                                                tiny_config_at):
     tmp = one_process_run
-    sets = [a for s in DDP + [f"data.cache_dir={tmp / 'cache'}"] for a in ("--set", s)]
+    sets = [a for s in [*tiny_overrides, f"data.cache_dir={tmp / 'cache'}", *DDP] for a in ("--set", s)]
     out = _torchrun(2, ["--config", str(tmp / "tiny.yaml"), "--output-dir", str(tmp_path / "ddp"), *sets], tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     single, ddp = _train_losses(tmp / "single"), _train_losses(tmp_path / "ddp")
@@ -92,8 +92,7 @@ def test_two_gloo_processes_equal_one_process_and_resume_on_one(one_process_run,
     shutil.copytree(tmp_path / "ddp" / "checkpoints" / "step-3", cut / "checkpoints" / "step-3")
     (cut / "checkpoints" / "latest").write_text("step-3\n")
     shutil.copy(tmp_path / "ddp" / "config.yaml", cut / "config.yaml")
-    cfg = load_config(None, DDP + [f"data.cache_dir={tmp / 'cache'}"])
-    pretrain(cfg, cut, resume=True)
+    pretrain(tiny_config_at(tmp, *DDP), cut, resume=True)
     resumed = _train_losses(cut)
     for step in (4, 5, 6):
         assert resumed[step]["loss"] == pytest.approx(single[step]["loss"], rel=2e-5), step

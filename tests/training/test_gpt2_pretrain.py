@@ -23,14 +23,16 @@ def bpe(tmp_path_factory):
     return encoder
 
 
-def _cfg(tmp_path, bpe, *extra):
-    return load_config(ROOT / "configs/gpt2/tiny.yaml", [
-        f"data.vocab_file={bpe}", "model.vocab_size=512", "model.hidden_size=32", "model.num_layers=2",
-        "model.num_heads=2", "model.intermediate_size=64", "model.max_positions=32", "data.seq_len=32",
-        "data.max_documents=6", "data.validation_fraction=0.2", f"data.cache_dir={tmp_path / 'cache'}",
-        "train.micro_batch_size=8", "train.max_steps=10", "train.checkpoint_every=5", "train.keep_checkpoints=0", "train.eval_every=0",
-        "train.eval_batches=2", "optimizer.lr=3e-3", "logging.log_every=1", "logging.progress_bar=false",
-        "runtime.threads=2", *extra])
+@pytest.fixture(scope="module")
+def run_config(tiny_config_at, bpe):
+    """``run_config(directory, *extra)``: configs/gpt2/tiny.yaml under the shared tiny run (conftest.py) on two
+    layers, the 512-token BPE and 32-token blocks, and ``extra``; the cache under ``directory``."""
+    def make(directory, *extra):
+        return tiny_config_at(directory, f"data.vocab_file={bpe}", "model.vocab_size=512", "model.num_layers=2",
+                              "model.max_positions=32", "data.seq_len=32", "train.max_steps=10",
+                              "train.checkpoint_every=5", "train.keep_checkpoints=0", "train.eval_every=0",
+                              "optimizer.lr=3e-3", *extra, config=ROOT / "configs/gpt2/tiny.yaml")
+    return make
 
 
 def _records(run_dir, kind):
@@ -38,9 +40,9 @@ def _records(run_dir, kind):
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, bpe):
+def reference_run(tmp_path_factory, run_config):
     tmp = tmp_path_factory.mktemp("gpt2")
-    pretrain(_cfg(tmp, bpe), tmp / "run")
+    pretrain(run_config(tmp), tmp / "run")
     return tmp, tmp / "run"
 
 
@@ -68,25 +70,25 @@ def test_checkpoint_keeps_the_tied_head(reference_run):
     assert ckpt.state["model_config"]["type"] == "gpt2"
 
 
-def test_resume_reproduces_the_uninterrupted_losses(reference_run, bpe, tmp_path):
+def test_resume_reproduces_the_uninterrupted_losses(reference_run, run_config, tmp_path):
     tmp, run = reference_run
     cut = tmp_path / "cut"
     (cut / "checkpoints").mkdir(parents=True)
     shutil.copytree(run / "checkpoints" / "step-5", cut / "checkpoints" / "step-5")
     (cut / "checkpoints" / "latest").write_text("step-5\n")
     shutil.copy(run / "config.yaml", cut / "config.yaml")
-    pretrain(_cfg(tmp, bpe), cut, resume=True)
+    pretrain(run_config(tmp), cut, resume=True)
     full = {r["step"]: r["loss"] for r in _records(run, "train")}
     resumed = {r["step"]: r["loss"] for r in _records(cut, "train")}
     for step in range(6, 11):
         assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-6), step
 
 
-def test_gpt2_trains_on_the_ipu_emulator_pipeline(bpe, tmp_path):
+def test_gpt2_trains_on_the_ipu_emulator_pipeline(run_config, tmp_path):
     run = tmp_path / "ipu"
-    pretrain(_cfg(tmp_path, bpe, "runtime.backend=ipu-model", "ipu.layers_per_ipu=[1,1]", "train.micro_batch_size=2",
-                  "train.gradient_accumulation=5", "train.max_grad_norm=0", "train.max_steps=2",
-                  "train.checkpoint_every=0"), run)
+    pretrain(run_config(tmp_path, "runtime.backend=ipu-model", "ipu.layers_per_ipu=[1,1]", "train.micro_batch_size=2",
+                        "train.gradient_accumulation=5", "train.max_grad_norm=0", "train.max_steps=2",
+                        "train.checkpoint_every=0"), run)
     train = _records(run, "train")
     assert [r["step"] for r in train] == [1, 2] and all(0 <= r["acc"] <= 1 for r in train)
 

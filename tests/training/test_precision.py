@@ -128,15 +128,15 @@ def test_autocast_dtypes():
     assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
 
 
-def test_fp16_pretraining_logs_scale_and_skips_and_resumes(tmp_path):
+def test_fp16_pretraining_logs_scale_and_skips_and_resumes(tmp_path, tiny_config):
     """A tiny fp16 run whose first scale (2^40) overflows: the first steps are skipped and the scale
     halves each time until the gradients fit; the checkpoint carries the scaler state."""
     from groupbert.training.checkpoint import read_checkpoint
     from groupbert.tasks.pretraining import pretrain
-    from tests.training.test_pretrain import TINY
-    cfg = load_config(None, TINY + [f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=6",
-                                    "train.eval_batches=1", "runtime.precision=fp16",
-                                    "runtime.loss_scale_init=1099511627776", "runtime.loss_scale_growth_interval=3"])
+    # test_pretrain.py's tiny run (rate, warmup, a checkpoint at step 4), 6 steps in fp16
+    cfg = tiny_config("optimizer.lr=2e-3", "schedule.warmup_steps=2", "train.max_steps=6", "train.checkpoint_every=4",
+                      "train.eval_batches=1", "runtime.precision=fp16",
+                      "runtime.loss_scale_init=1099511627776", "runtime.loss_scale_growth_interval=3")
     pretrain(cfg, tmp_path / "run")
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r["kind"] == "train"]
