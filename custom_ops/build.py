@@ -19,7 +19,7 @@ def main() -> int:
     failed = []
     for name in _build.LIBRARIES:
         t0 = time.perf_counter()
-        ok = _build.load(name, verbose="-v" in sys.argv)
+        ok = _build.load(name, verbose="-v" in sys.argv, setup=True)
         status = "ok" if ok else f"FAILED: {_build.errors().get(name)}"
         print(f"custom_ops: {name:16s} {status} ({time.perf_counter() - t0:.1f} s, {_build.build_dir()})")
         if not ok:
