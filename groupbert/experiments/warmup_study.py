@@ -80,7 +80,7 @@ class Cell:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--out", default="runs/warmup-study", help="study directory (resumes if it exists)")
     p.add_argument("--config", default="configs/gpt2/tiny.yaml", help="relative to the working directory or the repo")
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS), help=f"subset of {','.join(OPTIMIZERS)}")
@@ -179,7 +179,7 @@ def run_cell(cell: Cell, args, out: Path, vocab_sets: list[str]) -> Cell:
         cell.final_loss, cell.best_loss = done["final_loss"], done["best_loss"]
         return cell
     cmd = [sys.executable, str(REPO / "run_pretraining.py")]
-    if (run_dir / "checkpoints" / "latest").exists():
+    if (run_dir / "config.yaml").exists():  # continue it (or start it again if it saved no checkpoint)
         cmd += ["--resume", str(run_dir.resolve())]  # the run's own config.yaml is the one to continue
     else:
         cmd += ["--config", str(_config_path(args)), "--output-dir", str(run_dir.resolve())]

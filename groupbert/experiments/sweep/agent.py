@@ -18,7 +18,7 @@ import time
 import warnings
 
 from groupbert.experiments.sweep.spec import OUR_PROGRAMS, REPO, Sweep, engine_config
-from groupbert.experiments.sweep.store import ENGINE_STATE, RunStore, last_step, read_history
+from groupbert.experiments.sweep.store import ENGINE_STATE, RunStore, identity, last_step, read_history
 from groupbert.training.run_log import read_end
 
 logger = logging.getLogger("groupbert.experiments.sweep")
@@ -57,6 +57,13 @@ def _die_with_parent():
         pass
 
 
+def _owner() -> dict:
+    """The claiming agent, by identity (PID, start time, boot id): a recycled PID is not mistaken for it."""
+    me = identity(os.getpid())
+    return {"pid": os.getpid(), "pid_start": me["start"], "boot_id": me["boot_id"], "child_pid": None,
+            "child_start": None}
+
+
 def claim_next(sweep: Sweep, store: RunStore) -> dict | None:
     """Under the lock: a preempted run to take up again, else the engine's next proposal; None when the
     sweep is done (grid exhausted or ``run_cap`` reached)."""
@@ -66,7 +73,7 @@ def claim_next(sweep: Sweep, store: RunStore) -> dict | None:
         records = store.records()
         for r in records:
             if r["state"] == "preempted":
-                r.update(state="running", pid=os.getpid(), restarts=r.get("restarts", 0) + 1)
+                r.update(state="running", restarts=r.get("restarts", 0) + 1, **_owner())
                 store.write(r)
                 return r
         cap = sweep.config.get("run_cap")
@@ -81,7 +88,7 @@ def claim_next(sweep: Sweep, store: RunStore) -> dict | None:
         index = len(records)
         record = dict(index=index, name=f"run-{index:03d}",
                       params={k: _plain(v["value"]) for k, v in proposal.config.items()},
-                      state="running", pid=os.getpid(), restarts=0, history=[], error=None, seconds=0.0)
+                      state="running", restarts=0, history=[], error=None, seconds=0.0, **_owner())
         store.write(record)
         return record
 
@@ -102,8 +109,8 @@ def should_stop(sweep: Sweep, store: RunStore, record: dict) -> bool:
 def execute(sweep: Sweep, store: RunStore, record: dict, python: str = sys.executable, poll: float = 1.0) -> dict:
     run_dir = store.run_dir(record["name"])
     argv = sweep.command(record["params"], python)
-    if sweep.program.name in OUR_PROGRAMS and (run_dir / "checkpoints" / "latest").exists():
-        argv += ["--resume", str(run_dir)]  # a preempted run continues from its checkpoint
+    if sweep.program.name in OUR_PROGRAMS and (run_dir / "config.yaml").exists():
+        argv += ["--resume", str(run_dir)]  # a preempted run continues (or starts again if it saved nothing)
     else:
         argv += ["--output-dir", str(run_dir)]
     log_path = run_dir.parent / "log.txt"
@@ -114,7 +121,7 @@ def execute(sweep: Sweep, store: RunStore, record: dict, python: str = sys.execu
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
         proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        record["child_pid"] = proc.pid
+        record["child_pid"], record["child_start"] = proc.pid, identity(proc.pid)["start"]
         store.write(record)
         while proc.poll() is None:
             time.sleep(poll)
@@ -143,7 +150,9 @@ def execute(sweep: Sweep, store: RunStore, record: dict, python: str = sys.execu
         record["state"] = "finished"
     else:  # the run's end record says how it ended; a run killed before writing one failed
         end = read_end(run_dir)
-        record["state"] = "diverged" if end is not None and end["status"] == "diverged" else "failed"
+        status = end["status"] if end is not None else None
+        # SIGTERM (a scheduler's preemption) saved a checkpoint: the run is resumable, as if preempted
+        record["state"] = {"diverged": "diverged", "stopped": "preempted"}.get(status, "failed")
         record["error"] = (end or {}).get("error") or "\n".join(tail)
         logger.warning("%s: %s (exit %d); see %s", record["name"], record["state"], proc.returncode, log_path)
     store.write(record)

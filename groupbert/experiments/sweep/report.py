@@ -6,10 +6,13 @@ steps (``all_runs.png``, where hyperband's stops show as curves that end early).
 from __future__ import annotations
 
 import csv
+import json
 import math
 
-from groupbert.experiments.sweep.spec import Sweep
+from groupbert.experiments.sweep.spec import Sweep, suggest
 from groupbert.experiments.sweep.store import RunStore
+
+BOOKKEEPING = {"step", "kind", "time", "status", "error"}
 
 
 def final_value(record: dict, metric: str) -> float | None:
@@ -120,6 +123,52 @@ def write_report(sweep: Sweep, store: RunStore) -> str:
     return text
 
 
+def verdict(sweep: Sweep, store: RunStore) -> tuple[int, str | None]:
+    """The sweep's exit code and, unless 0, the line saying why: 0 only when some run that did not fail logged a
+    finite value of the metric, so a blank report never exits 0. 1 when every run failed or diverged, or none
+    logged a finite value (yet); 2 when runs ended but none logged the metric at all, a config error: the
+    line names the metrics the runs did log and the closest one."""
+    records = store.records()
+    logs = f"{store.root}/runs/<run>/log.txt"
+    if not records:
+        return 1, "error: no run was started (the engine proposed none)"
+    bad = [r for r in records if r["state"] in ("failed", "diverged")]
+    if len(bad) == len(records):
+        first = next((r["error"].strip().splitlines()[-1] for r in bad if (r.get("error") or "").strip()), "")
+        return 1, (f"error: every run ({len(records)}) failed or diverged; their output is in {logs}"
+                   + (f"; the first error: {first[:300]}" if first else ""))
+    if any(final_value(r, sweep.metric) is not None for r in records if r not in bad):
+        return 0, None
+    open_runs = [r["name"] for r in records if r["state"] in ("running", "preempted")]
+    if open_runs:
+        return 1, (f"error: no run has logged a finite {sweep.metric} yet; {', '.join(open_runs)} did not end "
+                   f"(run the sweep command again to finish them)")
+    if any(r.get("history") for r in records):
+        return 1, f"error: the runs logged {sweep.metric}, but never a finite value; their output is in {logs}"
+    names = logged_names(store)
+    if not names:
+        return 2, (f"error: key 'metric.name': no run wrote any record to metrics.jsonl in its run directory, "
+                   f"where the sweep reads '{sweep.metric}' ({sweep.path})")
+    return 2, (f"error: key 'metric.name': no run logged '{sweep.metric}' ({sweep.path})"
+               f"{suggest(sweep.metric, names)}; "
+               f"the runs logged: {', '.join(sorted(names))}")
+
+
+def logged_names(store: RunStore) -> set[str]:
+    """The numeric keys of every record the runs wrote to their ``metrics.jsonl``."""
+    names = set()
+    for path in (store.root / "runs").glob("*/run/metrics.jsonl"):
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                names |= {k for k, v in rec.items() if k not in BOOKKEEPING and (v is None or (
+                    isinstance(v, (int, float)) and not isinstance(v, bool)))}
+    return names
+
+
 def _cell(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else "" if v is None else str(v)
 
@@ -156,7 +205,8 @@ def _plots(sweep: Sweep, store: RunStore, records: list[dict], params: list[str]
         ax.set_xlabel(p)
         ax.set_ylabel(sweep.metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no run with a value: no legend to draw
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / f"{sweep.metric}_vs_{p}.png", dpi=110)
         plt.close(fig)

@@ -1,19 +1,26 @@
 """Loading and validating a sweep file (W&B's schema, https://docs.wandb.ai/models/sweeps/sweep-config-keys).
 
 Checked before any run starts, each error naming the key: the schema itself (the ``sweeps`` package's
-JSON schema: method, metric, parameters, early_terminate, run_cap, ...); ``program`` exists; for our two
-programs, every parameter is a valid ``--set`` override of the base config (so ``optimizer.lrr`` fails
-here, not in run 7); and the ``command`` uses only macros we expand.
+JSON schema: method, metric, parameters, early_terminate, run_cap, ...); ``program`` exists; the
+``command`` uses only macros we expand. For our two programs, also what would otherwise fail every run
+(or leave every run without a metric): the run's whole command line, fixed ``--set``s and every
+parameter at values the sweep can propose, goes through the program's own argument parser and
+``load_config`` (so ``optimizer.lrr`` fails here, not in run 7), and ``metric.name`` must be a key the
+program's records carry (read from the task and engine code). Foreign programs cannot be checked.
 """
 from __future__ import annotations
 
+import ast
+import difflib
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
-from groupbert.config import ConfigError, load_config
+logger = logging.getLogger("groupbert.experiments.sweep")
 
 REPO = Path(__file__).resolve().parents[3]
 OUR_PROGRAMS = ("run_pretraining.py", "run_squad.py")
@@ -85,7 +92,9 @@ def _violations(config: dict) -> list[str]:
     return problems
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def load_sweep(path: str | Path, check_program: bool = True) -> Sweep:
+    """The sweep in ``path``, checked; ``check_program=False`` skips the checks against our program's config
+    and records (the agent processes: their parent has just made them on the same file)."""
     path = Path(path)
     try:
         config = yaml.safe_load(path.read_text())
@@ -115,27 +124,131 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepError(f"{path}: key 'command' never passes the parameters (${{args}})")
     base_args = [t for t in command if not t.startswith("${")]
     sweep = Sweep(path, config, program, base_args)
+    if not check_program:
+        return sweep
     if program.name in OUR_PROGRAMS:
+        _check_metric(sweep)
         _check_overrides(sweep)
+    else:
+        logger.info("%s is not one of our programs (%s): its arguments and metric '%s' cannot be checked "
+                    "before the runs", program.name, ", ".join(OUR_PROGRAMS), sweep.metric)
     return sweep
 
 
+# ---- the run's command line, as the program will parse it ------------------------------------------
+VALUE_RANGE = {None, "uniform", "int_uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values",
+               "inv_log_uniform_values"}  # distributions whose min/max are values a run can get
+
+
+def _samples(sweep: Sweep) -> list[dict]:
+    """Parameter sets to try: one proposal of W&B's engine (so values have the types runs get: int_uniform
+    ints, uniform floats), then each listed value and each range end in turn."""
+    params = sweep.config["parameters"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from sweeps import next_run
+            proposal = next_run({"method": "random", "parameters": params}, [], validate=False)
+        base = {k: v["value"].item() if hasattr(v["value"], "item") else v["value"]
+                for k, v in proposal.config.items()}
+    except Exception:  # noqa: BLE001 - the engine's own errors come when the agents ask it; check what we can
+        base = {k: spec.get("value", (spec.get("values") or [spec.get("min")])[0]) for k, spec in params.items()}
+    out = [base]
+    for name, spec in params.items():
+        others = list(spec.get("values", []))
+        if spec.get("distribution") in VALUE_RANGE and "min" in spec and "max" in spec:
+            others += [spec["min"], spec["max"]]
+        out += [{**base, name: v} for v in others if v != base.get(name)]
+    return out
+
+
 def _check_overrides(sweep: Sweep) -> None:
-    """Every parameter must be a key of our config: load the base config with each parameter set to a
-    value it can take (validation of ranges is the config's, at that value)."""
-    args = sweep.base_args
-    if "--config" not in args or args.index("--config") + 1 >= len(args):
-        raise SweepError(f"{sweep.path}: key 'command' must give --config FILE for {sweep.program.name}")
-    base = Path(args[args.index("--config") + 1])
-    base = base if base.is_absolute() or base.exists() else REPO / base
-    for name, spec in sweep.config["parameters"].items():
-        if "value" in spec:
-            value = spec["value"]
-        elif "values" in spec:
-            value = spec["values"][0]
-        else:
-            value = spec.get("min")
+    """Parse each run's argv (the ``command`` with the parameters expanded) with the program's own parser,
+    then ``load_config`` it as the run would (cwd: the repository); an error names the parameter, or
+    ``command`` for its fixed arguments, and the file."""
+    import groupbert.cli as cli
+    from groupbert.config import ConfigError
+
+    params = sweep.config["parameters"]
+
+    def refuse(message: str) -> NoReturn:
+        where = next((f"parameter '{k}'" for k in params if f"--{k}=" in message or f" {k}=" in message),
+                     "key 'command'")
+        raise SweepError(f"{sweep.path}: {where}: {sweep.program.name} would refuse it: {message}")
+
+    for values in _samples(sweep):
+        argv = sweep.command(values, "python")
+        program = [i for i, t in enumerate(argv) if Path(t).name == sweep.program.name]
+        argv = argv[program[0] + 1:] if program else argv[1:]
+        parser = cli.build_parser(sweep.program.name)
+        parser.error = refuse  # argparse's error exits; ours names the sweep file
+        args, extra = parser.parse_known_args(argv + ["--output-dir", "run"])
+        args.overrides += cli._dotted_overrides(parser, extra)
+        if args.config is None:
+            refuse("it must give --config FILE")
+        if not args.config.is_absolute():
+            args.config = REPO / args.config  # runs start in the repository
         try:
-            load_config(base, [f"{name}={_fmt(value)}"])
+            cli.resolve_run(args)
         except ConfigError as e:
-            raise SweepError(f"{sweep.path}: parameter '{name}': {e}") from None
+            if e.key in params:
+                raise SweepError(f"{sweep.path}: parameter '{e.key}' (value {_fmt(values[e.key])}): {e}") from None
+            refuse(str(e))
+
+
+# ---- the metric ----------------------------------------------------------------------------------
+RECORD_MODULES = ("groupbert.tasks", "groupbert.training", "optimizers.update_metrics")
+BOOKKEEPING = {"step", "kind", "time", "status", "error"}
+
+
+def logged_keys(program: Path) -> tuple[set[str], set[str]]:
+    """The record keys ``program`` can log, read from the code: the string keys (and f-string prefixes, such
+    as ``update_norm/``) of dict literals and ``x["key"] = ...`` in the modules of ``RECORD_MODULES`` it
+    imports, directly or through each other. A superset (it holds checkpoint fields too): a name outside it
+    cannot be a record key."""
+    keys, prefixes, seen = set(), set(), set()
+    todo = [Path(program)]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            found = []
+            if isinstance(node, ast.Dict):
+                found = [k for k in node.keys if k is not None]
+            elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+                found = [node.slice]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "level", 0) == 0:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                todo += [_module_file(m) for m in names if m and m.startswith(RECORD_MODULES)]
+            for k in found:
+                if isinstance(k, ast.Constant) and isinstance(k.value, str):
+                    keys.add(k.value)
+                elif isinstance(k, ast.JoinedStr) and k.values and isinstance(k.values[0], ast.Constant):
+                    prefixes.add(k.values[0].value)
+    return keys - BOOKKEEPING, {p for p in prefixes if p}
+
+
+def _module_file(module: str) -> Path:
+    base = REPO / module.replace(".", "/")
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def suggest(name: str, names) -> str:
+    """`` (did you mean 'x'?)`` with difflib's closest name, or nothing."""
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_metric(sweep: Sweep) -> None:
+    keys, prefixes = logged_keys(sweep.program)
+    name = sweep.metric
+    if name in keys or name.startswith(tuple(prefixes)):
+        return
+    evals = sorted(k for k in keys if k.startswith("eval_"))
+    raise SweepError(f"{sweep.path}: key 'metric.name': no record of {sweep.program.name} carries '{name}'"
+                     f"{suggest(name, keys)}; its evaluation records carry {', '.join(evals)}, its train "
+                     f"records 'loss' and the task's other sums (groupbert/tasks/)")
