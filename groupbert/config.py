@@ -4,7 +4,9 @@ A YAML file is nested by section (``model.hidden_size: 128``); an ``extends: oth
 (resolved relative to the file) layers one recipe on another, and nothing else is inherited.
 ``--set a.b=value`` parses ``value`` as a YAML scalar. Unknown keys, wrong types, out-of-range
 values and cross-field violations raise :class:`ConfigError`, which names the key and the file it
-came from; the CLIs turn it into exit code 2 before any work starts.
+came from; the CLIs turn it into exit code 2 before any work starts. So do a key given twice in one
+mapping (its line named), a file that is not UTF-8 (the byte offset named) and a non-finite number
+(``.inf``, ``.nan``, ``1e400``) for any float key.
 """
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ class ConfigError(BadInput, ValueError):
         if source:
             where.append(f"in {source}")
         super().__init__(f"{' '.join(where)}: {message}" if where else message)
+
+
+#: Largest seed: every consumer of ``train.seed`` / ``data.seed`` takes [0, 2**63 - 1] (torch.manual_seed and
+#: ``torch.Generator.manual_seed(seed + epoch)`` take at most 2**64 - 1, numpy's SeedSequence any non-negative
+#: integer, ``masking.hash_key`` uint64, PopTorch's randomSeed a uint64); an int64 also survives any JSON/W&B store.
+SEED_MAX = 2 ** 63 - 1
+#: Most intra-op threads: a fixed cap, not a multiple of this host's cores, so that a config (a run's saved
+#: config.yaml, a sweep) is valid on every machine. Above any current host's logical CPUs (2 x 192 cores x 2
+#: SMT = 768); far below where libgomp fails to start its pool (~30,000 here, then a segfault at 100,000).
+MAX_THREADS = 1024
 
 
 def _f(default: Any = dataclasses.MISSING, *, factory=None, ge=None, gt=None, le=None, lt=None,
@@ -90,7 +102,7 @@ class DataConfig:
     dupe_factor: int = _f(1, gt=0)               # passes over the corpus, each with new sentence pairs (and masks when static)
     masking: str = _f("static", choices=("static", "dynamic"))  # static: masks stored at preparation; dynamic: a new mask per epoch at load time (RoBERTa)
     whole_word_masking: bool = False             # mask every piece of a word together (Google's do_whole_word_mask)
-    seed: int = _f(12345, ge=0)                  # preparation: sentence pairs, static masks, held-out documents (train.seed drives the shuffle and dynamic masks)
+    seed: int = _f(12345, ge=0, le=SEED_MAX)     # preparation: sentence pairs, static masks, held-out documents (train.seed drives the shuffle and dynamic masks)
     validation_fraction: float = _f(0.05, ge=0.0, lt=1.0)  # documents held out: round(fraction x n) per shard, at least 1
     shard_size_mb: float = _f(16.0, gt=0.0)      # text per shard: the unit of work, of restart and of NSP's random-next draw
     bad_documents: str = _f("skip", choices=("skip", "fail"))  # undecodable / malformed / over-long / empty documents: counted and skipped, or an error
@@ -108,7 +120,7 @@ class TrainConfig:
     max_steps: int = _f(1000, gt=0)              # optimizer steps
     micro_batch_size: int = _f(32, gt=0)         # rows per forward pass: sequences, or packs with data.packing
     gradient_accumulation: int = _f(1, gt=0)     # micro-batches per optimizer step
-    seed: int = _f(42, ge=0)
+    seed: int = _f(42, ge=0, le=SEED_MAX)        # shuffle, dynamic masks, packing, dropout (torch + numpy)
     max_grad_norm: float = _f(1.0, ge=0.0)       # global clipping; 0 disables
     checkpoint_every: int = _f(0, ge=0)          # steps; 0: only the final checkpoint
     keep_checkpoints: int = _f(0, ge=0)          # newest N checkpoints kept; 0 keeps all
@@ -199,7 +211,7 @@ class LoggingConfig:
 @dataclass
 class RuntimeConfig:
     backend: str = _f("auto", choices=("auto", "cpu", "cuda", "ipu", "ipu-model"))
-    threads: Optional[int] = _f(None, gt=0)      # torch intra-op threads; None: torch's default
+    threads: Optional[int] = _f(None, ge=0, le=MAX_THREADS)  # torch intra-op threads; None or 0: torch's default
     precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"))  # auto: bf16 autocast on CUDA, fp32 on CPU; fp16 adds loss scaling
     loss_scale: Union[float, str] = "dynamic"    # fp16: a fixed scale, or "dynamic" (halve + skip on inf/NaN, grow when stable)
     loss_scale_init: float = _f(2.0 ** 16, gt=0.0)  # dynamic: first scale (torch GradScaler's default)
@@ -274,11 +286,17 @@ def _load_yaml(path: Path, seen: tuple = ()) -> tuple[dict, dict]:
         raise ConfigError(f"circular 'extends' chain: {' -> '.join(str(p) for p in seen + (path,))}",
                           source=str(path))
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config file: {e.strerror}", source=str(path)) from None
     try:
-        tree = yaml.safe_load(text) or {}
+        text = data.decode("utf-8")   # explicit: the locale's encoding would make a file's meaning host-dependent
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} (line {line}) cannot be "
+                          "decoded; save the file as UTF-8", source=str(path)) from None
+    try:
+        tree = _parse_yaml(text, str(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML: {e}", source=str(path)) from None
     if not isinstance(tree, dict):
@@ -292,6 +310,45 @@ def _load_yaml(path: Path, seen: tuple = ()) -> tuple[dict, dict]:
         base, origins = _load_yaml(path.parent / parent, seen + (path,))
     _merge(base, tree, origins, str(path), prefix="")
     return base, origins
+
+
+def _parse_yaml(text: str, source: str, prefix: str = "") -> Any:
+    """``yaml.safe_load``, refusing a key given twice in one mapping (PyYAML keeps the later silently) with a
+    ConfigError naming it and its line; bad syntax is the caller's ``yaml.YAMLError``."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, prefix, source, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_duplicate_keys(node: yaml.Node, prefix: str, source: str, seen: set) -> None:
+    if id(node) in seen:   # an alias: its node was checked where it was anchored
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # "<<: *base": explicit keys override merged ones
+                _check_duplicate_keys(value_node, prefix, source, seen)
+                continue
+            if isinstance(key_node, yaml.ScalarNode):
+                ident, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+                if ident in first:
+                    raise ConfigError(f"duplicate key at line {line} (first given at line {first[ident]}); YAML "
+                                      "would keep only the later value: give the key once",
+                                      key=f"{prefix}{key_node.value}", source=source)
+                first[ident] = line
+                _check_duplicate_keys(value_node, f"{prefix}{key_node.value}.", source, seen)
+            else:
+                _check_duplicate_keys(value_node, prefix, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, prefix, source, seen)
 
 
 def _merge(dst: dict, src: dict, origins: dict, source: str, prefix: str) -> None:
@@ -334,7 +391,7 @@ def apply_override(tree: dict, origins: dict, assignment: str) -> None:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"malformed key in '{assignment}'", source="--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _parse_yaml(raw, "--set", prefix=key + ".") if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse value '{raw}': {e}", key=key, source="--set") from None
     node = tree
@@ -359,6 +416,8 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
+        if isinstance(value, float) and float in non_none:   # Union[float, str]: a non-finite number is no string
+            return _check_type(value, float, key, source)
         for alternative in non_none[:-1]:  # Union[float, str]: the first type that accepts the value
             try:
                 return _check_type(value, alternative, key, source)
@@ -388,7 +447,14 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"expected a number, got {value!r}", key, source)
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:   # an integer beyond float's range (1.8e308)
+            raise ConfigError(f"must be a finite number, got an integer of {len(str(value))} digits", key,
+                              source) from None
+        if not math.isfinite(number):   # .inf, .nan, 1e400: no setting means infinity, and NaN passes every "<"
+            raise ConfigError(f"must be a finite number, got {number}", key, source)
+        return number
     if tp is str:
         if isinstance(value, bool) and key in _ON_OFF_KEYS:  # YAML 1.1 reads unquoted on/off as booleans
             return "on" if value else "off"
@@ -447,7 +513,16 @@ def _check_range(value: Any, meta: dict, key: str, source: str) -> None:
     for op, test, word in (("gt", lambda a, b: a > b, ">"), ("ge", lambda a, b: a >= b, ">="),
                            ("lt", lambda a, b: a < b, "<"), ("le", lambda a, b: a <= b, "<=")):
         if op in meta and not test(value, meta[op]):
-            raise ConfigError(f"must be {word} {meta[op]}, got {value}", key, source)
+            raise ConfigError(f"must be {word} {meta[op]}, got {value}{_valid_range(meta)}", key, source)
+
+
+def _valid_range(meta: dict) -> str:
+    """`` (valid: [0, 1024])`` for a key bounded on both sides, else nothing."""
+    low = ("[", meta["ge"]) if "ge" in meta else ("(", meta["gt"]) if "gt" in meta else None
+    high = (meta["le"], "]") if "le" in meta else (meta["lt"], ")") if "lt" in meta else None
+    if low is None or high is None:
+        return ""
+    return f" (valid: {low[0]}{low[1]}, {high[0]}{high[1]})"
 
 
 def _cross_checks(cfg: RunConfig, origins: dict, default_source: str, check_optimizer: bool = True) -> None:

@@ -83,8 +83,9 @@ class EpochBatches:
                  world_size: int = 1):
         self.dataset = _source(dataset)
         if len(self.dataset) < batch_size:
-            raise ValueError(f"the dataset has {len(self.dataset)} sequences, fewer than one micro-batch "
-                             f"of {batch_size}; use a larger corpus or a smaller train.micro_batch_size")
+            # rows: sequences, or packed rows with data.packing (what one micro-batch counts)
+            raise ValueError(f"the training data has {len(self.dataset)} rows, fewer than one micro-batch of "
+                             f"{batch_size}; use a larger corpus or a train.micro_batch_size <= {len(self.dataset)}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle

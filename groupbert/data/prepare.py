@@ -646,6 +646,17 @@ def verify(prepared_dir, show_progress: bool = True) -> dict:
     return manifest
 
 
+#: Shards this process has hashed, by file identity (device, inode, size, mtime, ctime: any write changes one)
+#: -> sha256: the data cache's check on opening an entry and the training data's check that follows read each
+#: file once, not twice.
+_HASHED: dict = {}
+
+
+def _file_identity(path: Path) -> tuple:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def verify_shards(root: Path, entries: list, show_progress: bool = False) -> None:
     """sha256 of every shard against its manifest entry, on a thread per core (hashlib releases the GIL,
     so a 25 GB Wikipedia preparation takes the disk's time, not one core's)."""
@@ -655,11 +666,21 @@ def verify_shards(root: Path, entries: list, show_progress: bool = False) -> Non
 
     from groupbert.data.shards import sha256_file
 
+    def digest_of(entry: dict) -> str:
+        path = root / entry["path"]
+        try:
+            identity = _file_identity(path)
+        except OSError:
+            raise DataError(f"prepared shard {path} is missing (listed in the manifest)") from None
+        if _HASHED.get(identity) is None:
+            _HASHED[identity] = sha256_file(path)
+        return _HASHED[identity]
+
     total = sum(s["bytes"] for s in entries)
     logger.info("verifying the checksums of %d shards (%.2f GB) in %s", len(entries), total / 1e9, root)
     with ThreadPoolExecutor(min(16, default_num_proc())) as pool, \
             tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not show_progress) as bar:
-        for entry, digest in zip(entries, pool.map(lambda s: sha256_file(root / s["path"]), entries)):
+        for entry, digest in zip(entries, pool.map(digest_of, entries)):
             if digest != entry["sha256"]:
                 raise DataError(f"prepared shard {root / entry['path']} does not match its checksum in "
                                 f"{root / MANIFEST}: it was modified or corrupted; prepare the data again")
@@ -689,9 +710,35 @@ def load_manifest(prepared_dir) -> dict:
             raise DataError(f"{root} is an unfinished preparation (no {MANIFEST}); run the same "
                             "`python -m groupbert.data.prepare` command again to finish it")
         raise DataError(f"{root} is not a prepared dataset (no {MANIFEST})")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+            or manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path} is not a {FORMAT} manifest of version {FORMAT_VERSION}")
+    _check_manifest_fields(manifest, path)
     return manifest
+
+
+#: What training reads from a manifest: a file edited or damaged by hand is refused naming it, not a KeyError.
+_SHARD_FIELDS = {"path": str, "bytes": int, "sha256": str, "rows": int, "tokens": int}
+
+
+def _check_manifest_fields(manifest: dict, path: Path) -> None:
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise DataError(f"{path} is damaged: {what}; prepare the data again")
+
+    settings, tokenizer = manifest.get("settings"), manifest.get("tokenizer")
+    need(isinstance(settings, dict) and settings.get("kind") in ("mlm_nsp", "causal_lm"), "no settings.kind")
+    need(isinstance(tokenizer, dict) and "vocab_sha256" in tokenizer and "vocab_size" in tokenizer,
+         "no tokenizer.vocab_sha256 / vocab_size")
+    for split in SPLITS:
+        shards = (manifest.get("shards") or {}).get(split)
+        totals = (manifest.get("totals") or {}).get(split)
+        need(isinstance(shards, list), f"no shards.{split} list")
+        need(isinstance(totals, dict) and all(isinstance(totals.get(k), int) for k in ("rows", "tokens")),
+             f"no totals.{split}.rows / tokens")
+        for i, entry in enumerate(shards):
+            need(isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in _SHARD_FIELDS.items()),
+                 f"shards.{split}[{i}] lacks one of {', '.join(_SHARD_FIELDS)}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -699,7 +746,8 @@ def load_manifest(prepared_dir) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(description="Prepare a pretraining corpus into shards (see the README's Data section).")
+    p = argparse.ArgumentParser(description="Prepare a pretraining corpus into shards (see the README's Data section).",
+                                allow_abbrev=False)
     p.add_argument("--config", type=Path, help="the run's YAML recipe: data.* and model.type decide the output")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.corpus=dumps/*.bz2 (repeatable)")

@@ -126,13 +126,24 @@ class InstanceShard:
 
 
 def open_instance_shard(path: Path) -> InstanceShard:
+    """A shard as numpy views; a file that is not a whole shard of ours (missing, truncated, garbled anywhere
+    pyarrow or our metadata can tell) is a DataError naming it."""
     import pyarrow as pa
 
     try:
-        table = pa.ipc.open_stream(pa.memory_map(str(path), "r")).read_all()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise DataError(f"prepared shard {path} cannot be read ({exc}); it is missing, truncated or not "
-                        "one of ours: prepare the data again") from exc
+        return _instance_shard(path)
+    except (OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:   # DataError is a ValueError
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"prepared shard {path} cannot be read ({type(exc).__name__}: {exc}); it is missing, "
+                        "truncated, corrupted or not one of ours: prepare the data again") from exc
+
+
+def _instance_shard(path: Path) -> InstanceShard:
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(pa.memory_map(str(path), "r")).read_all()
+    table.validate(full=True)   # offsets inside their buffers: O(rows), no copy of the ids
     if table.num_rows and table.column("input_ids").num_chunks != 1:
         raise DataError(f"prepared shard {path} holds {table.column('input_ids').num_chunks} record batches, "
                         "expected one")

@@ -20,7 +20,7 @@ from groupbert.data.tokenizer import load_wordpiece, train_wordpiece, vocab_size
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--corpus", required=True, help="anything data.corpus takes: 'wikipedia', a file, directory or "
                    "glob (.txt, .jsonl, .gz, .bz2, a Wikipedia dump), hf:NAME")
     p.add_argument("--text-field", default="text")
