@@ -155,7 +155,7 @@ def run_measured(cmd: list[str], env: dict) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--scales", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--kinds", nargs="+", choices=sorted(KINDS), default=["mlm", "gpt2", "mlm-xml"])
     p.add_argument("--xml-scales", type=int, nargs="+", default=[1, 8, 32],

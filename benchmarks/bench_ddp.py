@@ -32,7 +32,7 @@ CASES = ("1x1", "1xN", "Nx1")  # processes x threads, N = --nproc
 
 
 def cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--nproc", type=int, default=2)

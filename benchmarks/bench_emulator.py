@@ -40,7 +40,7 @@ SIZES = {"mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_s
 
 
 def cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--size", choices=sorted(SIZES), default="mini")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)

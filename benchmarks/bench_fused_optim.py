@@ -57,7 +57,7 @@ ADAM_KW = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-6)
 
 
 def cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--size", choices=sorted(SIZES), default="base", help="the GroupBERT whose parameters step")
     p.add_argument("--repeats", type=int, default=15, help="rounds of the fused optimizers and the copy")
     p.add_argument("--slow-repeats", type=int, default=5, help="rounds of the Python / per-tensor ones")

@@ -35,7 +35,7 @@ SIZES = {  # H, L, A; the 124M model is "small" (GPT-2's own name for it)
 
 
 def cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)

@@ -34,7 +34,7 @@ SIZES = {"base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate
 
 
 def cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)

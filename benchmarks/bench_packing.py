@@ -50,7 +50,7 @@ def squad_lengths(seq_len: int, max_examples: int | None) -> list[int]:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--max-per-pack", type=int, default=3)
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "datasets",
                    help="prepared-data cache (--smoke: a temporary one)")

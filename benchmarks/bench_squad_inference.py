@@ -29,7 +29,7 @@ from groupbert.squad.features import build_features  # noqa: E402
 
 
 def cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--seq-len", type=int, default=384)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batches", type=int, default=4, help="batches per timed repeat")

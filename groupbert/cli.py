@@ -3,7 +3,8 @@
 Options: ``--config FILE``, ``--set key=value`` (repeatable; ``--key=value`` with a dotted key, as
 ``wandb agent`` passes sweep parameters, is the same), ``--output-dir DIR``, ``--backend B``,
 ``--resume DIR``, ``--eval-only CHECKPOINT``. Exit codes: 0 success, 2 bad configuration or input
-(:class:`groupbert.errors.BadInput`: the message names the key or file), 1 anything else.
+(:class:`groupbert.errors.BadInput`: the message names the key or file), 143 stopped by SIGTERM after saving
+a checkpoint (continue with ``--resume``), 1 anything else.
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(  # no abbreviations: "--eval X" must not quietly mean --eval-only X
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         epilog="Any --section.key=value is --set section.key=value (as wandb agent passes it). Keys, defaults and "
                "units: groupbert/config.py. Exit codes: 0 done; 2 bad configuration or input, naming the key "
-               "or file; 1 anything else (a diverged run included).")
+               "or file; 143 stopped by SIGTERM with a checkpoint saved (continue with --resume); 1 anything "
+               "else (a diverged run included).")
     p.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set train.max_steps=100 (repeatable)")
@@ -32,8 +34,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "cpu", "cuda", "ipu", "ipu-model"),
                    help="shorthand for --set runtime.backend=...")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its latest checkpoint (its config.yaml is used "
-                        "unless --config is given; --set still applies)")
+                   help="continue the run in RUN_DIR from its latest checkpoint (or start it again if it "
+                        "stopped before its first), with its config.yaml; settings that change what a step does "
+                        "cannot change on resume (refused, exit 2)")
     p.add_argument("--eval-only", type=Path, metavar="CHECKPOINT",
                    help="evaluate a run (its latest checkpoint), a checkpoints/step-N directory or "
                         "checkpoints/best, and write the results into --output-dir (default: "
@@ -111,6 +114,9 @@ def exit_code_for(error: Exception, log: logging.Logger) -> int:
     if isinstance(error, BadInput):
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if isinstance(getattr(error, "exit_code", None), int):  # a run that ended as its message says (diverged,
+        print(f"{error.outcome}: {error}", file=sys.stderr)  # stopped by SIGTERM): no traceback to read
+        return error.exit_code
     log.exception("failed: %s", error)
     return EXIT_ERROR
 

@@ -547,7 +547,7 @@ def _layer_range(layers: list[int]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m groupbert.ipu.planner",
+    parser = argparse.ArgumentParser(prog="python -m groupbert.ipu.planner", allow_abbrev=False,
                                      description="Per-IPU memory and pod throughput estimate for a pipelined run.")
     parser.add_argument("--config", help="YAML recipe (configs/...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

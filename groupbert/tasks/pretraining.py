@@ -73,7 +73,7 @@ def prepare_data(cfg: RunConfig, show_progress: bool = True, verify: bool = True
         adopt_manifest(cfg, manifest, root)
     else:
         root = prepared_in_cache(PrepareSettings.from_config(cfg), d.cache_dir, num_proc=d.num_proc,
-                                 show_progress=show_progress)
+                                 show_progress=show_progress, verify_checksums=verify and d.verify_checksums)
         manifest = load_manifest(root)
     digest, vocab_name = _check_vocabulary(cfg, manifest, root)
     check = verify and d.verify_checksums

@@ -7,10 +7,13 @@ A checkpoint is a directory ``<run>/checkpoints/step-N/`` holding
     rng.safetensors        torch CPU (and CUDA) generator states
     state.json             step, data position, optimizer hyperparameters and scalars, scheduler step,
                            Python RNG state, model config, vocab fingerprint, sha256 of every file above
+                           and of its own content (``state_sha256``), so an edited step or position is
+                           refused instead of resumed
 
 It is written into a hidden temporary directory and renamed into place, and ``checkpoints/latest`` is
 replaced atomically afterwards, so a crash never leaves a half-written checkpoint as the latest one.
-Loading reads only safetensors and JSON (nothing is unpickled) and checks every file's sha256.
+Loading reads only safetensors and JSON (nothing is unpickled) and checks every file's sha256. The
+pointers ``latest`` and ``best`` may only name a ``step-N`` beside them.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_OLD_DIR = re.compile(r"^\.step-(\d+)\.old-\d+$")
 
 
 class CheckpointError(BadInput, ValueError):
@@ -75,6 +79,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
                     python_rng=_python_rng_state())
         meta["sha256"] = {f: _sha256(tmp / f) for f in
                           ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
+        meta["state_sha256"] = _state_digest(meta)
         _write_json(tmp / "state.json", meta)
         _fsync_dir(tmp)
         if final.exists():  # same step written again (e.g. final save right after a periodic one)
@@ -98,16 +103,62 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
     return final
 
 
+def update_state(run_dir: str | Path, step: int, **fields) -> None:
+    """Change fields of ``step-<step>/state.json`` (with its digest), atomically: for what is learnt after
+    the weights were saved (the final evaluation done, the best so far), without rewriting the weights."""
+    path = Path(run_dir) / "checkpoints" / f"step-{step}" / "state.json"
+    state = json.loads(path.read_text())
+    state.update(fields)
+    state["state_sha256"] = _state_digest(state)
+    tmp = path.with_name(f".state.json.tmp-{os.getpid()}")
+    _write_json(tmp, state)
+    os.replace(tmp, path)
+
+
 def mark_best(run_dir: str | Path, step: int) -> None:
     """Point ``checkpoints/best`` at ``step-<step>`` (atomically): the best evaluation so far."""
     _write_text_atomic(Path(run_dir) / "checkpoints" / "best", f"step-{step}\n")
 
 
 def _read_pointer(path: Path) -> str | None:
+    """The ``step-N`` a pointer file (``latest``, ``best``) names; anything else (a path that leaves the
+    checkpoints directory, an edited or truncated file) is refused rather than followed."""
     try:
-        return path.read_text().strip() or None
+        name = path.read_text().strip()
     except OSError:
         return None
+    if not name:
+        return None
+    if not _STEP_DIR.match(name):
+        raise CheckpointError(f"{path} names {name!r}, which is not a step-N checkpoint of this run "
+                              f"(a pointer never leaves {path.parent})")
+    return name
+
+
+def clean_interrupted_writes(run_dir: str | Path) -> list[str]:
+    """Remove what interrupted saves left in ``checkpoints/`` (``.step-N.tmp-PID`` directories, pointer
+    temporaries) and put back a ``step-N`` that a same-step rewrite had moved aside (``.step-N.old-PID``)
+    when its replacement never arrived. Call only while holding the run directory's lock: then no other
+    process is writing, so every hidden entry is a leftover. Returns what was removed or restored."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = []
+    for p in sorted(root.iterdir()):
+        old = _OLD_DIR.match(p.name)
+        if old and not (root / f"step-{old.group(1)}").exists():
+            p.rename(root / f"step-{old.group(1)}")
+            done.append(f"restored step-{old.group(1)}")
+    for p in sorted(root.iterdir()):
+        if _STEP_DIR.match(p.name) and p.is_dir():
+            for t in p.glob(".state.json.tmp-*"):  # an interrupted update_state: state.json is intact
+                t.unlink()
+                done.append(f"removed {p.name}/{t.name}")
+        elif p.name.startswith("."):
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            done.append(f"removed {p.name} ({size / 1e6:.1f} MB)")
+    return done
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -152,7 +203,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if path.name in ("best", "latest") and path.is_file():
         target = path.parent / (_read_pointer(path) or "")
-        if not target.is_dir():
+        if target == path.parent or not target.is_dir():
             raise CheckpointError(f"{path} points at {target.name}, which does not exist")
         return target
     if not path.exists():
@@ -162,8 +213,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     latest = root / "latest"
     if latest.exists():
-        target = root / latest.read_text().strip()
-        if not target.is_dir():
+        target = root / (_read_pointer(latest) or "")
+        if target == root or not target.is_dir():
             raise CheckpointError(f"{latest} points at {target.name}, which does not exist")
         return target
     steps = sorted((int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_DIR.match(p.name)))
@@ -187,8 +238,15 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         raise CheckpointError(f"{state_file} is missing: incomplete checkpoint") from None
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{state_file} is unreadable or corrupt: {e}") from None
-    if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{state_file}: unsupported checkpoint format {state.get('format_version')!r}")
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{state_file}: unsupported checkpoint format "
+                              f"{state.get('format_version') if isinstance(state, dict) else state!r}")
+    if "state_sha256" in state and _state_digest(state) != state["state_sha256"]:
+        raise CheckpointError(f"{state_file} was changed after it was written (sha256 mismatch): a checkpoint is "
+                              f"resumed as saved, never with edited state")
+    name = _STEP_DIR.match(path.name)
+    if name and int(name.group(1)) != state.get("step"):
+        raise CheckpointError(f"{state_file} says step {state.get('step')!r} but the directory is {path.name}")
     if verify:
         for name, digest in state.get("sha256", {}).items():
             f = path / name
@@ -260,6 +318,12 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _state_digest(state: dict) -> str:
+    """sha256 of state.json's content without its own digest (canonical JSON: sorted keys)."""
+    body = json.loads(json.dumps({k: v for k, v in state.items() if k != "state_sha256"}))  # as read back
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -16,9 +16,11 @@ uninterrupted run's.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform
+import signal
 import subprocess
 import time
 import uuid
@@ -39,7 +41,9 @@ from groupbert.training.initialize import check_architecture, check_vocabulary, 
 from groupbert.training.optim import build_optimizer
 from groupbert.training.precision import build_loss_scaler
 from groupbert.training.run_log import NullRunLog, RunLog
-from groupbert.training.runtime import Runtime, open_run, setup_runtime
+from groupbert.training.run_dir import open_run
+from groupbert.training.runtime import Runtime, setup_runtime
+from groupbert.training.stop import StopRequest
 from groupbert.training.steppers import HostStepper, IPUStepper
 from groupbert.training.task import Sums, Task
 from optimizers import build_schedule
@@ -60,14 +64,34 @@ class Job:
 
 
 class Diverged(FloatingPointError):
-    """The training loss became non-finite; the run ends with status "diverged"."""
+    """The training loss or the weights became non-finite, or fp16 loss scaling skipped every step; the
+    run ends with status "diverged" and no checkpoint of non-finite weights is ever written."""
+
+    outcome, exit_code = "diverged", 1
+
+
+class Stopped(Exception):
+    """SIGTERM: the run saved a checkpoint at the next step boundary and stopped (status "stopped"); the
+    command lines exit with 128 + SIGTERM, as a process ended by the signal would."""
+
+    outcome, exit_code = "stopped", 128 + signal.SIGTERM
 
 
 def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Runtime], Job]) -> dict:
     """Run (or continue, with ``resume``) a training job; returns what the task's ``finish`` returns."""
     run_dir = Path(run_dir)
-    resume_ckpt = open_run(run_dir, resume)
     runtime = setup_runtime(cfg)
+    with runtime.dist.main_first():  # rank 0 locks the directory and cleans it before the others read it
+        lock, resume_ckpt, restart = open_run(run_dir, resume, cfg, runtime.dist.is_main)
+    try:
+        return _train(cfg, run_dir, runtime, resume_ckpt, restart, setup)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optional[ckpt_io.Checkpoint],
+           restart: bool, setup: Callable[[RunConfig, Runtime], Job]) -> dict:
     dist = runtime.dist
     with dist.main_first():  # rank 0 fills caches (prepared data, packed indexes), the others read them
         job = setup(cfg, runtime)
@@ -95,8 +119,8 @@ def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Run
     try:
         batches = EpochBatches(job.train_data, cfg.train.micro_batch_size, seed=cfg.train.seed, rank=dist.rank,
                                world_size=dist.world_size)
-    except ValueError as e:
-        raise ConfigError(str(e), key="train.micro_batch_size") from None
+    except ValueError as e:  # the one way a valid job's data fails here: fewer rows than one micro-batch
+        raise ConfigError(str(e), key="train.micro_batch_size" if "micro-batch" in str(e) else None) from None
     step, run_id, best = 0, uuid.uuid4().hex[:8], None
     if resume_ckpt is not None:
         step, run_id, best = _restore(resume_ckpt, model, optimizer, batches, scaler, run_id)
@@ -110,7 +134,7 @@ def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Run
     if dist.is_main:  # rank 0 writes the run directory
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        run_log = RunLog(run_dir, cfg, run_id, resume_step=step if resume_ckpt is not None else None)
+        run_log = RunLog(run_dir, cfg, run_id, **_records_to_keep(resume_ckpt, restart))
     else:
         run_log = NullRunLog()
     if resume_ckpt is None:
@@ -123,13 +147,16 @@ def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Run
                 n_params / 1e6, "IPUs" if runtime.on_ipu else runtime.device, job.total_steps, cfg.global_batch_size,
                 cfg.data.seq_len)
 
-    def save(at_step: int) -> None:
+    def save(at_step: int, final: bool = False) -> None:
+        """``final``: the end-of-run evaluation is done (a resume from it has nothing left to do)."""
         if not dist.is_main:  # the weights and optimizer state are the same on every rank
             return
         stepper.sync_to_host()
+        _check_finite_weights(model, at_step)
         ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, {
             "task": task.name, "run_id": run_id, "data": batches.state_dict(), "model_config": asdict(cfg.model),
-            "scheduler_step": at_step, "loss_scaler": scaler.state_dict(), "best": best, **job.checkpoint_state},
+            "scheduler_step": at_step, "loss_scaler": scaler.state_dict(), "best": best, "final": final,
+            "log_records": run_log.count, **job.checkpoint_state},
             keep=cfg.train.keep_checkpoints)
 
     def run_eval(at_step: int) -> Optional[dict]:
@@ -141,6 +168,10 @@ def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Run
         if record is None:
             return None
         record = {"step": at_step, "kind": "eval", **record, "eval_seconds": time.perf_counter() - t}
+        bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            logger.warning("step %d evaluation: %s not finite (recorded as null in metrics.jsonl)", at_step,
+                           ", ".join(f"{k}={record[k]}" for k in bad))
         run_log.log(record)
         logger.info("step %d evaluation: %s", at_step, task.describe_eval(record))
         return record
@@ -159,7 +190,12 @@ def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Run
 
     last_eval, saved_step, status, error = None, None, "failed", None
     window = _Window(task)
+    stop = StopRequest(dist)
     try:
+        if resume_ckpt is not None and resume_ckpt.state.get("final") and step >= job.total_steps:
+            logger.info("%s finished at step %d (its final evaluation included): nothing to do", run_dir, step)
+            status = "finished"
+            return _saved_results(run_dir) if dist.is_main else {}
         if step == 0 and cfg.train.eval_at_start:
             last_eval = run_eval(0)
         bar = tqdm(total=job.total_steps, initial=step, disable=not (cfg.logging.progress_bar and dist.is_main),
@@ -191,12 +227,25 @@ def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Run
                 saved_step = step
                 if better and dist.is_main:
                     ckpt_io.mark_best(run_dir, step)
-        bar.close()
-        if resume_ckpt is None or step > resume_ckpt.step:
+            if step < job.total_steps and stop.requested():
+                if saved_step != step:
+                    save(step)
+                if dist.enabled:  # no rank exits (and has torchrun stop the others) before rank 0 has saved
+                    dist.barrier()
+                raise Stopped(f"{stop.name} at step {step}: saved {run_dir / 'checkpoints' / f'step-{step}'}; "
+                              f"continue with --resume {run_dir}")
+        bar.close()  # from here the end is bounded (evaluate, save): a SIGTERM now lets it finish
+        if resume_ckpt is None or step > resume_ckpt.step or not resume_ckpt.state.get("final"):
+            if dist.is_main:
+                stepper.sync_to_host()
+                _check_finite_weights(model, step)  # the last update is in no loss yet
+            _check_loss_scaling(scaler, step)
             last_eval = run_eval(step) or last_eval
             better = improved(last_eval, step) if last_eval is not None and last_eval["step"] == step else False
-            if saved_step != step:
-                save(step)
+            if saved_step == step and dist.is_main:  # weights saved this step: record the evaluation only
+                ckpt_io.update_state(run_dir, step, final=True, best=best, log_records=run_log.count)
+            else:
+                save(step, final=True)
             if better and dist.is_main:
                 ckpt_io.mark_best(run_dir, step)
         result = task.finish(run_dir, last_eval) if dist.is_main else {}
@@ -205,10 +254,15 @@ def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Run
     except Diverged as e:
         status, error = "diverged", str(e)
         raise
+    except Stopped as e:
+        status, error = "stopped", str(e)
+        logger.warning("stopped: %s", e)
+        raise
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
         raise
     finally:
+        stop.close()
         run_log.end(step, status, **({"error": error} if error else {}), **({"best": best} if best else {}))
         run_log.close(0 if status == "finished" else 1)
         cleanup(dist, status == "finished")
@@ -239,6 +293,48 @@ def _evaluate(task: Task, model: nn.Module, runtime: Runtime) -> Optional[dict]:
         return task.evaluate(model, runtime)
     finally:
         model.train()
+
+
+def _records_to_keep(resume_ckpt: Optional[ckpt_io.Checkpoint], restart: bool) -> dict:
+    """What of ``metrics.jsonl`` a (re)started run keeps: nothing when an attempt without checkpoints starts
+    again; on resume, the records written before the checkpoint was saved (older checkpoints: by step)."""
+    if restart:
+        return {"keep_records": 0}
+    if resume_ckpt is None:
+        return {}
+    if resume_ckpt.state.get("log_records") is not None:
+        return {"keep_records": int(resume_ckpt.state["log_records"])}
+    return {"keep_step": resume_ckpt.step}
+
+
+def _saved_results(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "eval_results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_finite_weights(model: nn.Module, step: int) -> None:
+    """Refuse to go on (and to save) with inf/NaN weights: a diverged update must never become a checkpoint,
+    let alone ``latest`` or the only one kept."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise Diverged(f"weights became non-finite at step {step} ({', '.join(bad[:3])}"
+                       f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}); the last checkpoint kept is the "
+                       f"one before; lower optimizer.lr or check optimizer.weight_decay and the data")
+
+
+def _check_loss_scaling(scaler, step: int) -> None:
+    """fp16: a run whose every step was skipped (inf/NaN gradients at every loss scale) trained nothing."""
+    if not getattr(scaler, "enabled", False) or step == 0:
+        return
+    skipped = scaler.skipped_steps
+    if skipped >= step:
+        raise Diverged(f"fp16 loss scaling skipped all {step} optimizer steps (the gradients were inf/NaN at every "
+                       f"loss scale): the weights never changed; use runtime.precision=bf16 or fp32, or check the data")
+    if skipped > 0.1 * step:
+        logger.warning("fp16 loss scaling skipped %d of %d optimizer steps (%.0f%%): the run trained on fewer "
+                       "updates than it counts", skipped, step, 100 * skipped / step)
 
 
 def _check_resumable(ckpt: ckpt_io.Checkpoint, cfg: RunConfig, task: Task, vocab: Optional[str]) -> None:

@@ -2,10 +2,11 @@
 
 Every record has ``step``, ``kind`` (``run`` | ``train`` | ``eval`` | ``update`` | ``end``) and ``time`` (Unix
 seconds when it was written). A run's last record is ``{"kind": "end", "status": "finished" | "diverged" |
-"failed", ...}``: sweeps and studies read how a run ended from it. W&B runs offline by default
-(``wandb sync`` uploads later); ``WANDB_MODE`` in the environment wins over ``logging.wandb.mode``. On
-resume, records past the checkpoint's step (and the interrupted run's end record) are dropped from
-``metrics.jsonl`` so the file reads as one uninterrupted run.
+"stopped" | "failed", ...}``: sweeps and studies read how a run ended from it. W&B runs offline by default
+(``wandb sync`` uploads later); ``WANDB_MODE`` in the environment wins over ``logging.wandb.mode``. A
+checkpoint stores how many records ``metrics.jsonl`` held when it was saved; on resume the file is cut back
+to those (older checkpoints: to the records up to its step), so it reads as one uninterrupted run.
+Non-finite numbers are written as ``null`` (JSON has no NaN); the engine warns when an evaluation gives one.
 """
 from __future__ import annotations
 
@@ -22,10 +23,16 @@ logger = logging.getLogger(__name__)
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, cfg: RunConfig, run_id: str, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, cfg: RunConfig, run_id: str, keep_records: int | None = None,
+                 keep_step: int | None = None):
+        """``keep_records``: keep only the first N records of an existing file; ``keep_step``: keep those up
+        to that step (end records dropped either way); neither: append."""
         self.path = Path(run_dir) / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            self._truncate_after(resume_step)
+        self.count = 0          # records in the file: what a checkpoint saved now will keep on resume
+        if self.path.exists() and (keep_records is not None or keep_step is not None):
+            self._truncate(keep_records, keep_step)
+        elif self.path.exists():
+            self.count = len(self._records())
         self._file = open(self.path, "a")
         self.wandb_run = None
         mode = os.environ.get("WANDB_MODE", cfg.logging.wandb.mode)
@@ -47,24 +54,32 @@ class RunLog:
                           tags=tags, dir=str(run_dir), mode=mode, id=run_id, resume="allow",
                           config=config, allow_val_change=True)
 
-    def _truncate_after(self, step: int) -> None:
-        kept = []
-        for line in self.path.read_text().splitlines():
+    def _records(self) -> list[tuple[str, dict]]:
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
             try:
-                rec = json.loads(line)
+                out.append((line, json.loads(line)))
             except json.JSONDecodeError:  # a line cut short by a crash
                 continue
-            if rec.get("step", 0) <= step and rec.get("kind") != "end":
-                kept.append(line)
+        return out
+
+    def _truncate(self, keep_records: int | None, keep_step: int | None) -> None:
+        records = self._records()
+        if keep_records is not None:
+            records = records[:keep_records]
+        kept = [line for line, rec in records
+                if rec.get("kind") != "end" and (keep_step is None or rec.get("step", 0) <= keep_step)]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))
         os.replace(tmp, self.path)
+        self.count = len(kept)
 
     def log(self, record: dict) -> None:
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         record.setdefault("time", round(time.time(), 3))
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self.count += 1
         if self.wandb_run is not None:
             step = record["step"]
             self.wandb_run.log({k: v for k, v in record.items() if k not in ("step", "kind", "time")}, step=step)
@@ -78,7 +93,7 @@ class RunLog:
                             self.wandb_run.summary[f"best_{k}"] = v
 
     def end(self, step: int, status: str, **fields) -> None:
-        """The run's last record: ``status`` finished | diverged | failed, and what the caller adds."""
+        """The run's last record: ``status`` finished | diverged | stopped | failed, and what the caller adds."""
         self._file.write(json.dumps({"step": step, "kind": "end", "status": status, **fields,
                                      "time": round(time.time(), 3)}) + "\n")
         self._file.flush()
@@ -111,6 +126,8 @@ def read_end(run_dir) -> dict | None:
 
 class NullRunLog:
     """The run log of the processes other than rank 0: records are rank 0's to write."""
+
+    count = 0
 
     def log(self, record: dict) -> None:
         pass

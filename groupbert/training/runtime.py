@@ -6,13 +6,11 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
 from groupbert.config import ConfigError, RunConfig
-from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.distributed import DistEnv, setup_distributed
 from groupbert.training.precision import autocast_context
 
@@ -57,14 +55,6 @@ def select_device(cfg: RunConfig) -> torch.device:
     if backend == "auto":
         backend = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(backend)
-
-
-def open_run(run_dir: Path, resume: bool) -> Optional[ckpt_io.Checkpoint]:
-    """The checkpoint to resume from, or None for a new run; never starts over an existing run."""
-    if not resume and ckpt_io.has_checkpoint(run_dir):
-        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume {run_dir} to continue it "
-                          f"or choose another --output-dir")
-    return ckpt_io.read_checkpoint(run_dir) if resume else None
 
 
 def _setup_custom_ops(config_mode: str) -> None:
