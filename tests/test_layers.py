@@ -3,7 +3,7 @@ PopTorch (or its emulator) is imported inside ``groupbert/ipu/`` only.
 
 Layers, top to bottom (a module may import its own package and any lower layer):
 
-    experiments  ->  cli  ->  tasks  ->  training  ->  ipu  ->  models, metrics  ->  config
+    experiments  ->  cli, export, infer  ->  tasks  ->  training  ->  ipu  ->  interop  ->  models, metrics  ->  config
                              ->  squad (SQuAD's data and scoring)  ->  data, optimizers  ->  errors, custom_ops
 
 (experiments drive the programs: the sweep checks a run's arguments with the programs' own parser.)
@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [  # (rank, module prefixes), top first
     (9, ("groupbert",)),   # the package's own __init__ (it imports nothing)
     (8.5, ("groupbert.experiments",)),
-    (8, ("groupbert.cli",)),
+    (8, ("groupbert.cli", "groupbert.export", "groupbert.infer")),
     (7, ("groupbert.tasks",)),
     (6, ("groupbert.training",)),
     (5, ("groupbert.ipu",)),
+    (4.5, ("groupbert.interop",)),   # Hugging Face and optimum-graphcore layouts of our models
     (4, ("groupbert.models", "groupbert.metrics")),
     (3, ("groupbert.config",)),
     (2.5, ("groupbert.squad",)),
