@@ -11,7 +11,7 @@
 """
 import sys
 
-from groupbert.cli import main
+from groupbert.cli import main as cli_main
 
 
 def _pretrain(cfg, output_dir, resume):
@@ -24,5 +24,10 @@ def _evaluate(cfg, checkpoint, output_dir):
     return evaluate(cfg, checkpoint, output_dir)
 
 
+def main(argv=None) -> int:
+    """The command line (``groupbert-pretrain`` once installed); returns the exit code."""
+    return cli_main(__doc__, _pretrain, argv, evaluate=_evaluate)
+
+
 if __name__ == "__main__":
-    sys.exit(main(__doc__, _pretrain, evaluate=_evaluate))
+    sys.exit(main())

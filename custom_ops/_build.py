@@ -1,5 +1,6 @@
-"""Compile and load the C++ kernels into ``.cache/custom_ops/`` in the repo: built by ``make setup``, and
-at run time only when a library is missing or out of date, with a log line saying so.
+"""Compile and load the C++ kernels into ``.cache/custom_ops/`` in the repo (an installed wheel: the user's
+cache, :func:`build_dir`): built by ``make setup``, and at run time only when a library is missing or out of
+date, with a log line saying so.
 
 Each ``csrc/<name>.cpp`` is its own shared library (registered with ``TORCH_LIBRARY_FRAGMENT`` in the
 ``groupbert`` namespace), built by ``torch.utils.cpp_extension.load`` with ninja. ``make setup`` builds
@@ -96,9 +97,19 @@ def set_mode(m: Optional[str]) -> None:
 
 
 def build_dir() -> Path:
+    """``GROUPBERT_CUSTOM_OPS_BUILD_DIR``, else ``.cache/custom_ops`` in the checkout (a clone or an editable
+    install), else (an installed wheel, or a checkout that is not writable) the user's cache,
+    ``$XDG_CACHE_HOME/groupbert/custom_ops`` (default ``~/.cache``); one subdirectory per torch and Python."""
     env = os.environ.get(ENV_BUILD_DIR)
     tag = f"torch-{torch.__version__.replace('+', '_')}-py{sys.version_info.major}{sys.version_info.minor}"
-    return Path(env) if env else _REPO / ".cache" / "custom_ops" / tag
+    if env:
+        return Path(env)
+    checkout_cache = _REPO / ".cache"
+    if (_REPO / "pyproject.toml").is_file() and os.access(checkout_cache if checkout_cache.is_dir() else _REPO,
+                                                          os.W_OK):
+        return checkout_cache / "custom_ops" / tag
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "groupbert" / "custom_ops" / tag
 
 
 def compiler_available() -> bool:

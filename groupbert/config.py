@@ -116,7 +116,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    init_checkpoint: Optional[str] = None        # weights to start from: a run / checkpoint dir (phase 2), a Hugging Face BERT dir or "minilm" (SQuAD)
+    init_checkpoint: Optional[str] = None        # weights to start from: a run / checkpoint dir (phase 2), a Hugging Face or optimum GroupBERT dir, a cached model id, or "minilm"
     max_steps: int = _f(1000, gt=0)              # optimizer steps
     micro_batch_size: int = _f(32, gt=0)         # rows per forward pass: sequences, or packs with data.packing
     gradient_accumulation: int = _f(1, gt=0)     # micro-batches per optimizer step
@@ -198,13 +198,16 @@ class WandbConfig:
     entity: Optional[str] = None
     name: Optional[str] = None                   # None: the output directory's name
     tags: list[str] = _f(factory=list)
+    log_checkpoints: bool = False                # at the end, the latest and best checkpoints as W&B artifacts (type "model")
 
 
 @dataclass
 class LoggingConfig:
     log_every: int = _f(10, gt=0)                # steps between metrics.jsonl / W&B records
     update_metrics_every: int = _f(0, ge=0)      # update norm / angle / RRC every N steps; 0 = off
-    progress_bar: bool = True                    # tqdm over steps
+    progress_bar: bool = True                    # tqdm over steps; false: INFO progress lines instead
+    progress_every_s: float = _f(30.0, ge=0.0)   # without the bar: seconds between progress lines (0: every step)
+    tensorboard: bool = False                    # also write the W&B scalars to <run>/tensorboard (needs the tensorboard package)
     wandb: WandbConfig = _f(factory=WandbConfig)
 
 
@@ -616,12 +619,41 @@ def _check_optimizer(cfg: RunConfig, origins: dict, default_source: str) -> None
                               origins.get(key, default_source))
 
 
+def bundled_configs() -> Path:
+    """The shipped recipes: the copy an installed wheel carries as ``groupbert/configs``, else ``configs/`` of
+    the checkout this package runs from (a clone, or an editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "configs"
+
+
+def find_config(path: str | Path, base: str | Path | None = None) -> Path:
+    """A recipe path as given (relative to ``base``, default the working directory) when it exists; else a
+    relative path to a shipped recipe (``configs/groupbert/tiny_phase1.yaml`` or ``groupbert/tiny_phase1.yaml``)
+    found in :func:`bundled_configs`, so the README's commands work from any directory. Otherwise the path as
+    given, for its reader to report missing."""
+    p = Path(path)
+    given = p if p.is_absolute() or base is None else Path(base) / p
+    if given.exists() or p.is_absolute():
+        return given
+    parts = p.parts[1:] if p.parts[:1] == ("configs",) else p.parts
+    if parts and ".." not in parts:
+        candidate = bundled_configs().joinpath(*parts)
+        if candidate.is_file():
+            return candidate
+    return given
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), *, check_optimizer: bool = True) -> RunConfig:
-    """Build a validated :class:`RunConfig` from a YAML file (optional) and ``--set`` overrides.
+    """Build a validated :class:`RunConfig` from a YAML file (optional; a shipped recipe is found from any
+    directory, :func:`find_config`) and ``--set`` overrides.
     ``check_optimizer=False`` skips the optimizer checks, which import torch: data preparation reads only
     ``data.*`` and ``model.type`` and starts in a fraction of the time without it."""
     tree, origins, source = {}, {}, "defaults"
     if path is not None:
+        path = find_config(path)
         source = str(Path(path))
         tree, origins = _load_yaml(Path(path))
         origins = {k: _relative(v) for k, v in origins.items()}

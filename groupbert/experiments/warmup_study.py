@@ -42,9 +42,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from groupbert.config import find_config
 from groupbert.training.run_log import read_end
 
 REPO = Path(__file__).resolve().parents[2]
+RUN_CWD = REPO if (REPO / "pyproject.toml").is_file() else None   # an installed wheel: the working directory
 
 logger = logging.getLogger("groupbert.experiments.warmup_study")
 
@@ -114,9 +116,10 @@ def build_grid(args) -> list[Cell]:
 
 
 def _config_path(args) -> Path:
-    """``--config`` as given if it exists, else relative to the repo (the runs start in the repo root)."""
+    """``--config`` as given if it exists, else relative to the repo (the runs start in the repo root), else
+    the shipped recipe's copy in an installed wheel."""
     path = Path(args.config)
-    return path.resolve() if path.exists() else REPO / path
+    return path.resolve() if path.exists() else find_config(path, REPO)
 
 
 def prepare_vocab(args, out: Path) -> list[str]:
@@ -190,7 +193,7 @@ def run_cell(cell: Cell, args, out: Path, vocab_sets: list[str]) -> Cell:
     t0 = time.perf_counter()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(out / "runs" / f"{cell.name}.log", "a") as log:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=RUN_CWD, env=env, stdout=log, stderr=subprocess.STDOUT)
     cell.seconds = (cell.seconds or 0.0) + time.perf_counter() - t0
     done = _finished(run_dir, args.steps)
     if proc.returncode == 0 and done:

@@ -20,7 +20,9 @@ Choices that differ from HF without changing the numbers:
 - attention is always ``F.scaled_dot_product_attention``; without ``attention_mask`` it runs with
   ``is_causal=True``, with one it takes a boolean causal-and-padding mask in which every query also
   sees itself, so fully padded rows (left padding) stay finite instead of NaN;
-- position ids are always ``0..T-1`` (HF's default); there is no KV cache and no ``token_type_ids``;
+- position ids are ``0..T-1`` unless ``position_ids`` are given (left-padded batches in generation,
+  ``groupbert.infer``, pass HF ``generate``'s ``cumsum(attention_mask) - 1``); there is no KV cache and
+  no ``token_type_ids``;
 - the LM loss is sum / count over labels != -100, so a batch with every label ignored gives 0, not NaN.
 """
 from __future__ import annotations
@@ -163,13 +165,15 @@ class GPT2Model(nn.Module):
         elif isinstance(module, (GPT2Attention, GPT2MLP)):
             nn.init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_layers))
 
-    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
-        """[B, T] token ids (T <= max_positions) -> [B, T, H] final hidden states."""
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
+                position_ids: Optional[Tensor] = None) -> Tensor:
+        """[B, T] token ids (T <= max_positions) -> [B, T, H] final hidden states. ``position_ids`` [B, T]
+        (default ``0..T-1``): a left-padded row's tokens start at 0 after its padding, as HF ``generate``."""
         T = input_ids.size(1)
         if T > self.config.max_positions:
             raise ValueError(f"sequence length {T} exceeds model.max_positions ({self.config.max_positions})")
-        positions = torch.arange(T, device=input_ids.device)
-        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # B, T, H + T, H
+        positions = torch.arange(T, device=input_ids.device) if position_ids is None else position_ids
+        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # B, T, H + (T, H or B, T, H)
         attn_mask = None if attention_mask is None else causal_padding_mask(attention_mask)
         for block in self.h:
             x = block(x, attn_mask)
@@ -205,9 +209,9 @@ class GPT2LMHeadModel(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # tied; initialised as wte
 
     def forward(self, input_ids: Tensor, labels: Optional[Tensor] = None,
-                attention_mask: Optional[Tensor] = None) -> CausalLMOutput:
+                attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None) -> CausalLMOutput:
         """``input_ids`` [B, T]; ``labels`` [B, T] unshifted (usually ``input_ids`` with -100 at padding)."""
-        logits = self.lm_head(self.transformer(input_ids, attention_mask))  # B, T, V
+        logits = self.lm_head(self.transformer(input_ids, attention_mask, position_ids))  # B, T, V
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(loss, logits)
 

@@ -4,7 +4,11 @@ Chelombiev, Justus, Orr, Dietrich, Gressmann, Koliousis, Luschi 2021, "GroupBERT
 Transformer Architecture with Efficient Grouped Structures", https://arxiv.org/abs/2106.05822.
 Agrees with Graphcore's released implementation (graphcore/examples ``nlp/bert/tensorflow1/modeling.py``,
 ``GroupBertModel``) and its PopTorch port (huggingface/optimum-graphcore ``models/groupbert``).
-There is no public checkpoint to load; parameter names follow the layer equation below.
+Parameter names follow the layer equation below. A public checkpoint exists: Graphcore's GroupBERT-Base
+(Hub ``Graphcore/groupbert-base-uncased``, H 768, L 12, K 7, conv groups of 16, 4 FFN groups) in
+optimum-graphcore's layout, whose names differ from ours and whose GLU stores [gate | value] where ours is
+[value | gate]; ``groupbert.interop.optimum_groupbert`` converts such a directory to this model
+(``load_groupbert_dir``) and this model to it (``export_groupbert``).
 
 Embeddings and heads are BERT's (imported from ``bert.py``). Each of the L layers is four pre-norm
 residual modules, in this order, and a final LayerNorm follows the last layer::

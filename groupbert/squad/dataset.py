@@ -98,9 +98,11 @@ _NOT_A_QUESTION = object()   # qid of a problem above the question level (an art
 
 
 def load_squad(source: str | Path | None, split: str = "train", max_examples: int | None = None,
-               ) -> tuple[list[dict], LoadReport]:
+               require_answers: bool = True) -> tuple[list[dict], LoadReport]:
     """Examples and their load report from a path, ``hf:squad[:SPLIT]`` or None (the shipped ``split``).
-    The whole file is validated (a :class:`DataError` lists what is wrong) before ``max_examples`` apply."""
+    The whole file is validated (a :class:`DataError` lists what is wrong) before ``max_examples`` apply.
+    ``require_answers=False`` (inference, ``groupbert.infer``) accepts a question without ``answers`` or with
+    an empty list (its example has no reference texts); answers that are given are checked as always."""
     if source is None:
         source = shipped_file(split)
         if not Path(source).is_file():
@@ -124,7 +126,7 @@ def load_squad(source: str | Path | None, split: str = "train", max_examples: in
                                          f"evaluation keys answers by id, so a duplicate cannot be scored)")
             else:
                 seen[qid] = where
-        ex = _validate(where, record, split, report, problems)
+        ex = _validate(where, record, split, report, problems, require_answers)
         if ex is not None:
             examples.append(ex)
     problems.check()
@@ -248,7 +250,8 @@ def _nearest(context: str, text: str, start: int) -> int:
     return best
 
 
-def _validate(where: str, record: Any, split: str, report: LoadReport, problems: _Problems) -> dict | None:
+def _validate(where: str, record: Any, split: str, report: LoadReport, problems: _Problems,
+              require_answers: bool = True) -> dict | None:
     """The example of one record, or None with its problems added (all of them, not just the first)."""
     if not isinstance(record, dict):
         problems.add(where, _NOT_A_QUESTION, f"a question must be an object, got {type(record).__name__}")
@@ -264,7 +267,9 @@ def _validate(where: str, record: Any, split: str, report: LoadReport, problems:
     if record.get("is_impossible"):
         bad.append("a SQuAD v2.0 unanswerable question (is_impossible); only SQuAD v1.1 is supported")
     pairs = _answer_pairs(record.get("answers")) if "answers" in record else "no 'answers'"
-    if isinstance(pairs, str):
+    if not require_answers and (pairs == [] or record.get("answers") is None):   # no references to score
+        pairs = []
+    elif isinstance(pairs, str):
         bad.append(pairs)
     elif not pairs:
         bad.append("no answers (every SQuAD v1.1 question has at least one)")

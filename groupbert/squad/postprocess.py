@@ -35,11 +35,13 @@ def nbest_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.nd
 
 def postprocess_predictions(examples: list[dict], features: Features, start_logits: np.ndarray,
                             end_logits: np.ndarray, n_best: int = 20, max_answer_length: int = 30,
-                            ) -> tuple[dict[str, str], dict[str, list[dict]]]:
+                            with_offsets: bool = False) -> tuple[dict[str, str], dict[str, list[dict]]]:
     """(question id -> answer text, question id -> its ``n_best`` answers) over every example (features may
     hold several windows per example). The n-best lists are Hugging Face ``run_qa.py``'s
     ``nbest_predictions.json``: text, probability (a softmax over the listed answers' scores) and the
-    start and end logits, best first; an example without a valid span gets the empty answer."""
+    start and end logits, best first; an example without a valid span gets the empty answer.
+    ``with_offsets`` adds each answer's ``start`` and ``end`` character offsets in the context (the
+    fields of HF's question-answering pipeline; 0, 0 for the empty answer)."""
     by_example = defaultdict(list)
     for f, ex_idx in enumerate(features.example_index):
         by_example[int(ex_idx)].append(f)
@@ -54,7 +56,8 @@ def postprocess_predictions(examples: list[dict], features: Features, start_logi
         candidates = candidates[:n_best]
         if not candidates:
             predictions[ex["id"]] = ""
-            nbest[ex["id"]] = [{"text": "", "probability": 1.0, "start_logit": 0.0, "end_logit": 0.0}]
+            nbest[ex["id"]] = [{"text": "", "probability": 1.0, "start_logit": 0.0, "end_logit": 0.0,
+                                **({"start": 0, "end": 0} if with_offsets else {})}]
             continue
         scores = np.array([c[0] for c in candidates])
         probs = np.exp(scores - scores.max())
@@ -64,6 +67,8 @@ def postprocess_predictions(examples: list[dict], features: Features, start_logi
             offsets = features.offsets[f]
             entries.append({"text": ex["context"][offsets[s][0]:offsets[e][1]], "probability": float(p),
                             "start_logit": float(start_logits[f][s]), "end_logit": float(end_logits[f][e])})
+            if with_offsets:
+                entries[-1].update(start=int(offsets[s][0]), end=int(offsets[e][1]))
         predictions[ex["id"]] = entries[0]["text"]
         nbest[ex["id"]] = entries
     return predictions, nbest

@@ -4,7 +4,8 @@
 atomic ``checkpoints/step-N/``), the starting weights (``train.init_checkpoint``) or the checkpoint it
 resumes from, the optimizer and schedule, the step on the host or the IPU (``steppers``), evaluation
 every ``train.eval_every`` steps (and at the start and the end) with the best checkpoint kept, progress
-with throughput, and the end record (``finished`` | ``diverged`` | ``failed``). A task (``training.task``)
+with throughput (``training.progress``: a bar, or INFO lines with an ETA), the end record (``finished`` |
+``diverged`` | ``stopped`` | ``failed``) and an end-of-run summary in the log. A task (``training.task``)
 says what a batch holds, what to add up, how to evaluate and what to write at the end; a job's set-up
 function assembles its data, model and task (:class:`Job`). :func:`evaluate` runs the same task's
 evaluation on a checkpoint.
@@ -30,7 +31,6 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from groupbert.config import ConfigError, RunConfig, save_config
 from groupbert.data.loader import EpochBatches
@@ -40,7 +40,8 @@ from groupbert.training.distributed import cleanup, wrap_model
 from groupbert.training.initialize import check_architecture, check_vocabulary, initialize
 from groupbert.training.optim import build_optimizer
 from groupbert.training.precision import build_loss_scaler
-from groupbert.training.run_log import NullRunLog, RunLog
+from groupbert.training.progress import Progress, log_summary, resolved_backend
+from groupbert.training.run_log import NullRunLog, RunLog, check_tensorboard
 from groupbert.training.run_dir import open_run
 from groupbert.training.runtime import Runtime, setup_runtime
 from groupbert.training.stop import StopRequest
@@ -80,6 +81,7 @@ class Stopped(Exception):
 def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Runtime], Job]) -> dict:
     """Run (or continue, with ``resume``) a training job; returns what the task's ``finish`` returns."""
     run_dir = Path(run_dir)
+    check_tensorboard(cfg)
     runtime = setup_runtime(cfg)
     with runtime.dist.main_first():  # rank 0 locks the directory and cleans it before the others read it
         lock, resume_ckpt, restart = open_run(run_dir, resume, cfg, runtime.dist.is_main)
@@ -93,6 +95,7 @@ def train(cfg: RunConfig, run_dir, resume: bool, setup: Callable[[RunConfig, Run
 def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optional[ckpt_io.Checkpoint],
            restart: bool, setup: Callable[[RunConfig, Runtime], Job]) -> dict:
     dist = runtime.dist
+    started = time.monotonic()
     with dist.main_first():  # rank 0 fills caches (prepared data, packed indexes), the others read them
         job = setup(cfg, runtime)
     task, model = job.task, job.model
@@ -124,6 +127,7 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
     step, run_id, best = 0, uuid.uuid4().hex[:8], None
     if resume_ckpt is not None:
         step, run_id, best = _restore(resume_ckpt, model, optimizer, batches, scaler, run_id)
+    first_step = step
     warmup_steps = cfg.warmup_steps_for(job.total_steps)
     s = cfg.schedule
     schedule = build_schedule(optimizer, name=s.name, warmup_steps=warmup_steps, total_steps=job.total_steps,
@@ -131,15 +135,16 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
                               cooldown_fraction=s.cooldown_fraction, last_step=step)
     stepper.start(schedule)
 
+    backend = resolved_backend(cfg, runtime.device)  # what runs (runtime.backend may say auto)
     if dist.is_main:  # rank 0 writes the run directory
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        run_log = RunLog(run_dir, cfg, run_id, **_records_to_keep(resume_ckpt, restart))
+        run_log = RunLog(run_dir, cfg, run_id, **_records_to_keep(resume_ckpt, restart), backend=backend)
     else:
         run_log = NullRunLog()
     if resume_ckpt is None:
         run_log.log({"step": 0, "kind": "run", "task": task.name, "parameters": n_params,
-                     "device": str(runtime.device), "backend": cfg.runtime.backend, "world_size": dist.world_size,
+                     "device": str(runtime.device), "backend": backend, "world_size": dist.world_size,
                      "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
                      "total_steps": job.total_steps, "warmup_steps": warmup_steps, "train_rows": len(batches.dataset),
                      **job.run_record})
@@ -191,6 +196,7 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
     last_eval, saved_step, status, error = None, None, "failed", None
     window = _Window(task)
     stop = StopRequest(dist)
+    bar = None
     try:
         if resume_ckpt is not None and resume_ckpt.state.get("final") and step >= job.total_steps:
             logger.info("%s finished at step %d (its final evaluation included): nothing to do", run_dir, step)
@@ -198,14 +204,13 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
             return _saved_results(run_dir) if dist.is_main else {}
         if step == 0 and cfg.train.eval_at_start:
             last_eval = run_eval(0)
-        bar = tqdm(total=job.total_steps, initial=step, disable=not (cfg.logging.progress_bar and dist.is_main),
-                   desc=task.name, unit="step", dynamic_ncols=True)
+        bar = Progress(cfg, task.name, job.total_steps, step, enabled=dist.is_main)  # bar or periodic lines
         while step < job.total_steps:
             t0 = time.perf_counter()
             result = stepper.run(batches, step)
             step += stepper.steps_per_call
-            window.add(result.sums, time.perf_counter() - t0, stepper.steps_per_call * cfg.global_batch_size,
-                       cfg.data.seq_len)
+            samples, tokens = window.add(result.sums, time.perf_counter() - t0,
+                                         stepper.steps_per_call * cfg.global_batch_size, cfg.data.seq_len)
             if result.update_record:  # outside the timed region
                 run_log.log({"step": step, "kind": "update", **result.update_record})
             if not math.isfinite(window.last_loss):
@@ -217,7 +222,7 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
                 run_log.log(record)
                 bar.set_postfix({**{k: f"{record[k]:.3f}" for k in task.progress_keys},
                                  "seq_s": f"{record['samples_per_s']:.1f}"})
-            bar.update(stepper.steps_per_call)
+            bar.update(stepper.steps_per_call, samples, tokens)
             better = False
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != job.total_steps:
                 last_eval = run_eval(step)
@@ -263,7 +268,14 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
         raise
     finally:
         stop.close()
+        if bar is not None:
+            bar.close()
         run_log.end(step, status, **({"error": error} if error else {}), **({"best": best} if best else {}))
+        if dist.is_main:
+            run_log.log_checkpoints()
+            _log_summary(run_dir, status, step, job.total_steps, first_step=first_step,
+                         seconds=time.monotonic() - started, metric=task.best[0], last_eval=last_eval, best=best,
+                         describe=task.describe_eval, error=error, eval_every=cfg.train.eval_every)
         run_log.close(0 if status == "finished" else 1)
         cleanup(dist, status == "finished")
 
@@ -305,6 +317,14 @@ def _records_to_keep(resume_ckpt: Optional[ckpt_io.Checkpoint], restart: bool) -
     if resume_ckpt.state.get("log_records") is not None:
         return {"keep_records": int(resume_ckpt.state["log_records"])}
     return {"keep_step": resume_ckpt.step}
+
+
+def _log_summary(*args, **kwargs) -> None:
+    """The end-of-run summary (``progress.log_summary``); never the reason a run fails."""
+    try:
+        log_summary(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - the outcome is decided; a summary cannot change it
+        logger.warning("could not write the end-of-run summary: %s: %s", type(e).__name__, e)
 
 
 def _saved_results(run_dir: Path) -> dict:
@@ -381,15 +401,16 @@ class _Window:
         self.sums = Sums(self.task.sum_names)
         self.seconds = self.samples = self.tokens = 0.0
 
-    def add(self, sums: Sums, seconds: float, rows: int, seq_len: int):
+    def add(self, sums: Sums, seconds: float, rows: int, seq_len: int) -> tuple[float, int]:
         """``rows`` of ``seq_len`` tokens went through the model; samples/s counts sequences (several per
-        packed row, from the task's sums) and tokens/s the row tokens computed on."""
+        packed row, from the task's sums) and tokens/s the row tokens computed on. Returns (samples, tokens)."""
         self.sums += sums
         self.seconds += seconds
         sequences = self.task.sequences(sums)
         self.samples += rows if sequences is None else sequences
         self.tokens += rows * seq_len
         self.last_loss = sums["loss"] / max(sums.micro, 1)
+        return (rows if sequences is None else sequences), rows * seq_len
 
     def flush(self) -> dict:
         rec = {**self.task.train_record(self.sums),

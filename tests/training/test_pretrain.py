@@ -9,7 +9,7 @@ import torch
 
 from groupbert.config import ConfigError
 from groupbert.data import DataError
-from groupbert.training.checkpoint import CheckpointError, read_checkpoint
+from groupbert.training.checkpoint import read_checkpoint
 from groupbert.tasks.pretraining import pretrain
 
 # what this module's runs add to the shared tiny run (conftest.py)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from groupbert.config import find_config
 from groupbert.experiments.sweep.agent import run_agent
 from groupbert.experiments.sweep.report import verdict, write_report
 from groupbert.experiments.sweep.spec import REPO, SweepError, load_sweep
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     try:
+        args.file = find_config(args.file)   # a shipped sweep (configs/sweeps/...) from any directory
         sweep = load_sweep(args.file, check_program=not args.agent_process)
         if args.agents < 1:
             raise SweepError("--agents must be at least 1")

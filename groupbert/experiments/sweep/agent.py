@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 
-from groupbert.experiments.sweep.spec import OUR_PROGRAMS, REPO, Sweep, engine_config
+from groupbert.experiments.sweep.spec import OUR_PROGRAMS, RUN_CWD, Sweep, engine_config
 from groupbert.experiments.sweep.store import ENGINE_STATE, RunStore, identity, last_step, read_history
 from groupbert.training.run_log import read_end
 
@@ -120,7 +120,7 @@ def execute(sweep: Sweep, store: RunStore, record: dict, python: str = sys.execu
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(argv, cwd=RUN_CWD, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         record["child_pid"], record["child_start"] = proc.pid, identity(proc.pid)["start"]
         store.write(record)
         while proc.poll() is None:

@@ -23,6 +23,9 @@ import yaml
 logger = logging.getLogger("groupbert.experiments.sweep")
 
 REPO = Path(__file__).resolve().parents[3]
+# Where runs start: the checkout (a clone or an editable install: its .cache/ is shared); an installed wheel
+# has no checkout, and its runs start in the agent's working directory (None), never in site-packages.
+RUN_CWD = REPO if (REPO / "pyproject.toml").is_file() else None
 OUR_PROGRAMS = ("run_pretraining.py", "run_squad.py")
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 MACROS = {"${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}"}
@@ -167,7 +170,7 @@ def _check_overrides(sweep: Sweep) -> None:
     then ``load_config`` it as the run would (cwd: the repository); an error names the parameter, or
     ``command`` for its fixed arguments, and the file."""
     import groupbert.cli as cli
-    from groupbert.config import ConfigError
+    from groupbert.config import ConfigError, find_config
 
     params = sweep.config["parameters"]
 
@@ -186,8 +189,8 @@ def _check_overrides(sweep: Sweep) -> None:
         args.overrides += cli._dotted_overrides(parser, extra)
         if args.config is None:
             refuse("it must give --config FILE")
-        if not args.config.is_absolute():
-            args.config = REPO / args.config  # runs start in the repository
+        if not args.config.is_absolute():  # runs start in the repository (a wheel: its recipes' copy)
+            args.config = find_config(args.config, REPO)
         try:
             cli.resolve_run(args)
         except ConfigError as e:
