@@ -12,7 +12,19 @@ The training engine asks ``runtime.on_ipu`` and, when true, hands the model to :
   PopART's order ``[device_iterations, gradient_accumulation, replicas, micro_batch]``; the learning-rate
   schedule then advances by as many steps and the new values are uploaded with ``setOptimizer``, as
   PopTorch changes hyperparameters per host call;
-- copies the weights (and the optimizer state it holds) back to the host for evaluation and checkpoints.
+- copies the weights back to the host for evaluation and checkpoints (``copyWeightsToHost``).
+
+Checkpoints and resume use PopTorch 3.4's own mechanism (graphcore/poptorch@sdk-release-3.4
+python/optim.py ``Optimizer``; python/_poplar_executor.py ``setOptimizer``, ``_get_optim_state_dict``,
+``_on_device_attach``): ``trainingModel`` instruments the optimizer's ``state_dict()`` so that, after a
+run, it reads the device state (``ipu_state``: PopART's ``Accl1___``/``Accl2___``/``Step___`` tensors per
+weight; ``ipu_param``: the hyper-parameter tensors), which ``groupbert.training.checkpoint`` saves in its
+"poptorch" format; on resume the engine calls ``optimizer.load_state_dict`` before :meth:`IPUTrainer.start`
+wraps the model, and PopTorch writes that state to the device when the model attaches at its first call.
+
+PopTorch options the recipe must not rely on are refused in ``groupbert.ipu.rules`` (AdamW's
+``bias_correction=False``, which PopTorch 3.4 ignores); an unset LAMB ``max_weight_norm`` is PopTorch's
+65500 here (logged), the host LAMB leaves the norm uncapped.
 
 Nothing outside ``groupbert/ipu/`` imports PopTorch or the emulator.
 """
@@ -74,6 +86,9 @@ class IPUTrainer:
                               key="runtime.backend")
         if cfg.ipu.half and USING_EMULATOR:
             logger.warning("ipu.half: the emulator computes in fp32; fp16 applies on IPU hardware only")
+        if cfg.optimizer.name == "lamb" and cfg.optimizer.max_weight_norm is None:
+            logger.info("optimizer.max_weight_norm unset: PopTorch's LAMB caps the weight norm of the trust "
+                        "ratio at 65500 (its default; the host LAMB does not cap it)")
         self.cfg, self.model, self.keys = cfg, model, tuple(batch_keys)
         parallelize(model, cfg.ipu.layers_per_ipu, recompute=cfg.ipu.recompute)
         self.optimizer = build_ipu_optimizer(model, cfg)
@@ -83,7 +98,9 @@ class IPUTrainer:
         self.schedule = None
 
     def start(self, schedule) -> None:
-        """Compile-ready: the schedule now wraps the optimizer, whose values go to the device."""
+        """Compile-ready: the schedule now wraps the optimizer, whose values go to the device. An optimizer
+        state loaded before this (a resumed checkpoint, ``optimizer.load_state_dict``) is written to the
+        device by PopTorch when the model attaches (its first call)."""
         self.schedule = schedule
         self.executor = poptorch.trainingModel(self._device, options=build_options(self.cfg), optimizer=self.optimizer)
 
@@ -103,7 +120,8 @@ class IPUTrainer:
         return sums
 
     def sync_to_host(self) -> None:
-        """Weights (and, through the optimizer object, its state) back on the host. Before the first call
-        nothing has left the host (and PopTorch refuses to copy)."""
+        """Weights back on the host (``copyWeightsToHost``); the optimizer's device state is read by its
+        ``state_dict()`` (PopTorch instruments it). Before the first call nothing has left the host (and
+        PopTorch refuses to copy)."""
         if self.executor is not None and self.executor.isCompiled():
             self.executor.copyWeightsToHost()

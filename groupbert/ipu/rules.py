@@ -27,6 +27,14 @@ def check_run_config(cfg: RunConfig) -> None:
     if cfg.optimizer.name not in ("adamw", "lamb"):
         fail("optimizer.name", f"'{cfg.optimizer.name}' cannot run on the IPU backends: PopART performs the "
              f"update on device and offers AdamW and LAMB (use adamw or lamb)")
+    if cfg.optimizer.name == "adamw" and cfg.optimizer.bias_correction is False:
+        # graphcore/poptorch@sdk-release-3.4 python/_optimizer_attributes.py (_toPoptorchOptimizer) makes
+        # AdamW(bias_correction=False) the type ADAMW_NO_BIAS, which popart_compiler/source/CompilerImpl.cpp
+        # (getPopartOptimizer) passes on as AdamMode::Adam: the update stays bias-corrected, silently
+        fail("optimizer.bias_correction", "false is ignored by PopTorch 3.4's AdamW: PopART runs it with bias "
+             "correction whatever the flag says, so the IPU run would not be the recipe configured (the host "
+             "AdamW drops the momentum correction); remove the key (bias-corrected AdamW) or use lamb, whose "
+             "bias_correction=false PopTorch honours")
     if cfg.optimizer.name == "lamb" and cfg.train.max_grad_norm > 0:
         fail("train.max_grad_norm", "PopTorch's LAMB has no gradient clipping; set train.max_grad_norm=0 "
              "for the ipu backends")

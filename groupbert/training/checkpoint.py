@@ -3,7 +3,9 @@
 A checkpoint is a directory ``<run>/checkpoints/step-N/`` holding
 
     model.safetensors      weights (tied weights stored once)
-    optimizer.safetensors  optimizer tensors (moments, step counters), keyed "<param index>.<name>"
+    optimizer.safetensors  optimizer tensors (moments, step counters): host optimizers (format "torch")
+                           keyed "<param index>.<name>"; PopTorch optimizers (format "poptorch", the IPU
+                           backends) also "ipu_state/<PopART name>" and "ipu_param/<PopART name>"
     rng.safetensors        torch CPU (and CUDA) generator states
     state.json             step, data position, optimizer hyperparameters and scalars, scheduler step,
                            Python RNG state, model config, vocab fingerprint, sha256 of every file above
@@ -14,6 +16,26 @@ It is written into a hidden temporary directory and renamed into place, and ``ch
 replaced atomically afterwards, so a crash never leaves a half-written checkpoint as the latest one.
 Loading reads only safetensors and JSON (nothing is unpickled) and checks every file's sha256. The
 pointers ``latest`` and ``best`` may only name a ``step-N`` beside them.
+
+Optimizer state has two formats, recorded as ``state.json["optimizer"]["format"]`` (checkpoints without
+the key are "torch"):
+
+- ``torch``: a torch optimizer's ``state_dict()`` (CPU/CUDA): per-parameter tensors and scalars, the
+  parameter groups;
+- ``poptorch``: a ``poptorch.optim`` optimizer's ``state_dict()`` after the model ran on the IPU, as
+  PopTorch 3.4 returns it (graphcore/poptorch:python/optim.py ``Optimizer.get_state_dict``;
+  python/_poplar_executor.py ``_get_optim_state_dict`` reads the device state, poptorch.cpp
+  ``readOptimizerState``): ``ipu_state`` (PopART's optimizer variables, ``Accl1___<weight>``,
+  ``Accl2___<weight>``, ``Step___<weight>``), ``ipu_param`` (the variable hyper-parameter tensors), each
+  ``None`` before the first compilation, plus torch's (empty) ``state`` and the parameter groups. It is
+  loaded with ``optimizer.load_state_dict`` before ``poptorch.trainingModel``; PopTorch writes it to the
+  device when the model attaches (``_on_device_attach``).
+
+A checkpoint of one format is refused by an optimizer of the other (CheckpointError): PopTorch itself
+refuses a torch state ("Only IPU optimizer states can be loaded onto the IPU."), a run resumes on the
+backend it was saved on (``runtime.backend`` cannot change on ``--resume``), and the layouts do not map
+one-to-one (LAMB without bias correction keeps no step counter on the IPU; the hyper-parameter tensors
+have no host counterpart).
 """
 from __future__ import annotations
 
@@ -161,7 +183,18 @@ def clean_interrupted_writes(run_dir: str | Path) -> list[str]:
     return done
 
 
+_IPU_PARTS = ("ipu_state", "ipu_param")  # PopTorch's entries of a poptorch.optim state_dict()
+
+
+def optimizer_format(state_dict: dict) -> str:
+    """"poptorch" for the layout of a ``poptorch.optim`` optimizer (it has ``ipu_state``/``ipu_param``,
+    even when they are still None), else "torch"."""
+    return "poptorch" if any(k in state_dict for k in _IPU_PARTS) else "torch"
+
+
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Tensors for ``optimizer.safetensors`` and the JSON part. A PopTorch optimizer's ``state_dict()``
+    reads the device state (PopTorch's documented way after ``copyWeightsToHost``)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, pstate in sd["state"].items():
@@ -171,8 +204,15 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
                 tensors[key] = value.detach().cpu().contiguous()
             else:
                 scalars[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars,
-                     "class": _qualname(optimizer)}
+    meta = {"format": optimizer_format(sd), "param_groups": sd["param_groups"], "scalars": scalars,
+            "class": _qualname(optimizer)}
+    if meta["format"] == "poptorch":  # state.json records how many tensors each part has (None: not yet read)
+        for part in _IPU_PARTS:
+            entries = sd.get(part)
+            meta[part] = None if entries is None else len(entries)
+            for name, value in (entries or {}).items():
+                tensors[f"{part}/{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors, meta
 
 
 def _qualname(obj) -> str:
@@ -271,19 +311,44 @@ def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    """Load the checkpoint's optimizer state into ``optimizer`` (a PopTorch optimizer: before
+    ``trainingModel``, or followed by ``setOptimizer``, so that PopTorch writes it to the device)."""
     meta = ckpt.state.get("optimizer")
     if meta is None:
         raise CheckpointError(f"{ckpt.path} holds no optimizer state")
-    if meta["class"] != _qualname(optimizer):
+    current_sd = optimizer.state_dict()
+    saved_format, run_format = meta.get("format", "torch"), optimizer_format(current_sd)
+    if saved_format != run_format:
+        kinds = {"torch": "a host optimizer's (CPU/CUDA backends)",
+                 "poptorch": "a PopTorch optimizer's (IPU backends: ipu_state/ipu_param)"}
+        raise CheckpointError(f"{ckpt.path} holds {kinds.get(saved_format, repr(saved_format))} optimizer state "
+                              f"({meta['class']}), but the run's optimizer ({_qualname(optimizer)}) takes "
+                              f"{kinds[run_format]}: resume a run on the backend it was saved on")
+    if saved_format == "poptorch":  # real PopTorch and the emulator keep the same layout
+        same = meta["class"].rsplit(".", 1)[-1] == type(optimizer).__name__
+    else:
+        same = meta["class"] == _qualname(optimizer)
+    if not same:
         raise CheckpointError(f"{ckpt.path} holds {meta['class']} state, but the run uses "
                               f"{_qualname(optimizer)} (optimizer or backend changed?)")
     tensors = load_file(str(ckpt.path / "optimizer.safetensors"))
     state: dict[int, dict[str, Any]] = {}
+    ipu: dict[str, Any] = {part: None if meta.get(part) is None else {} for part in _IPU_PARTS}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        part, sep, name = key.partition("/")
+        if sep and part in _IPU_PARTS:
+            if ipu[part] is None:
+                raise CheckpointError(f"{ckpt.path}: optimizer.safetensors holds {key} but state.json says "
+                                      f"{part} was empty")
+            ipu[part][name] = value
+            continue
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
+    for part in _IPU_PARTS:
+        if saved_format == "poptorch" and meta.get(part) is not None and len(ipu[part]) != meta[part]:
+            raise CheckpointError(f"{ckpt.path}: {part} has {len(ipu[part])} tensors, state.json says {meta[part]}")
     groups = meta["param_groups"]
-    current = optimizer.state_dict()["param_groups"]
+    current = current_sd["param_groups"]
     for saved, now in zip(groups, current):  # JSON turned tuples (betas) into lists
         for k, v in saved.items():
             if isinstance(now.get(k), tuple) and isinstance(v, list):
@@ -291,8 +356,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> 
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
         raise CheckpointError(f"{ckpt.path}: optimizer parameter groups do not match the model "
                               f"({[len(g['params']) for g in groups]} vs {[len(g['params']) for g in current]})")
+    sd = {"state": state, "param_groups": groups}
+    if saved_format == "poptorch":
+        sd.update(ipu)
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        optimizer.load_state_dict(sd)
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(f"{ckpt.path}: optimizer state does not fit: {_first_line(e)}") from None
 

@@ -66,7 +66,15 @@ def test_emulator_refuses_instances_without_a_process_group(monkeypatch):
     _set(monkeypatch, {})
     opts = poptorch.Options()
     opts.Distributed.configureProcessId(0, 2)
-    model = torch.nn.Linear(2, 1)
+    class Model(torch.nn.Module):  # a training model needs a loss (PopTorch: "Couldn't find a loss in graph!")
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            return poptorch.identity_loss(self.lin(x).sum(), reduction="sum")
+
+    model = Model()
     ex = poptorch.trainingModel(model, opts, poptorch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(RuntimeError, match="initialise a process group of 2 ranks"):
         ex(torch.ones(1, 2))

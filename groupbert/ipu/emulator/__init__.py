@@ -8,7 +8,13 @@ package otherwise. What it covers (details and sources in each module):
   ``TensorLocations``/``Distributed``/``Jit``/``_Popart`` parts; chainable setters; frozen once used;
 - :mod:`.executor`: ``trainingModel``/``inferenceModel`` → ``PoplarExecutor``: batching over device
   iterations, gradient accumulation and replicas, Mean/Sum reduction, one optimizer update per device
-  iteration, ``OutputMode`` shapes, ``setOptimizer`` semantics, PopTorch's error messages;
+  iteration, ``OutputMode`` shapes, ``setOptimizer`` semantics, PopTorch's error messages; separate
+  host and device copies of the weights (uploaded on attach, read back explicitly or lazily), buffers per
+  replica;
+- :mod:`.wrapping`: the class swap ``trainingModel`` applies to the user's module, parameters and buffers
+  (implicit ``copyWeightsToHost`` on host reads; pickling and ``state_dict`` unwrapped);
+- :mod:`.args`: binding a call's arguments to ``forward`` and checking later calls against the compiled
+  inputs;
 - :mod:`.blocks`: ``BeginBlock``/``Block``/``BlockFunction``/``removeBlocks``/``Stage``/
   ``PipelinedExecution``/``ShardedExecution``; the compile trace (:mod:`.tracing`) records block, IPU
   and pipeline stage of every op and checks the pipeline rules;

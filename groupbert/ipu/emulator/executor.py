@@ -20,14 +20,46 @@ Follows graphcore/poptorch:python/__init__.py and python/_poplar_executor.py (SD
   times. Outputs are collected per ``OutputMode`` (:mod:`.batching`), detached.
 
 The loss of a training model is, as in PopTorch, the one final loss among ``poptorch.identity_loss``
-outputs and torch loss-function outputs (``F.cross_entropy`` ...); several independent ones are an
-error. Without any, the emulator accepts a lone tensor output or the last element of an output tuple
-(PopTorch would report "Couldn't find a loss in graph!").
+outputs and torch loss-function outputs (``F.cross_entropy`` ...): none is "Couldn't find a loss in
+graph!", several independent ones "Multiple independent losses found in graph..."
+(graphcore/poptorch:poptorch/source/RemoveSurplusIdentityLosses.cpp, ``removeSurplusIdentityLosses``; a
+returned tensor is *not* a loss by itself).
 
-Weights live in the shared parameters and the optimizer state in the user's optimizer object
-(``optimizer.state_dict()`` after a call is the device state), so ``copyWeightsToHost`` /
-``copyWeightsToDevice`` have nothing to copy; host-side weight changes take effect at once (PopTorch
-needs ``copyWeightsToDevice()``, which is still accepted).
+Arguments (:mod:`.args`, PopTorch's ``_args_parser.py``) are bound to ``forward``'s parameters, omitted
+ones take their defaults, and every call after compilation is validated against the compiled inputs with
+PopTorch's messages ("Type mismatch for X", "Shape mismatch for X" ...). The trace runs on clones of the
+first micro-batch (``_preprocessGraph`` clones the inputs), so in-place input updates reach the caller's
+tensors once per run, not once more at compilation.
+
+Host and device state (``_poplar_executor.py``: ``copyWeightsToHost``, ``copyWeightsToDevice``,
+``copyWeightsToHostIfNeeded``, ``_on_device_attach``, ``__call__``, ``destroy``, ``detachFromDevice``):
+
+- the executor holds **device copies** of the traced module's named parameters and buffers (allocated at
+  compilation); runs point the parameters at them (``Tensor.data``, a pointer swap per call, no clone per
+  step) and train those; the host tensors keep their values until copied back;
+- **upload** (``copyWeightsToDevice``) happens on attach (at compilation with ``ConnectionType.Always``,
+  at the first call with ``OnDemand``, on every ``attachToDevice()``), explicitly, from
+  ``load_state_dict`` on the wrapper when attached, and for an inference model when the training wrapper
+  of the same module has copied newer weights to the host (``_host_weights_version``). Host writes are
+  never detected otherwise;
+- **download** (``copyWeightsToHost``) copies into the existing host tensors in place and increments
+  ``_host_weights_version``. A training call marks host weights dirty; they are copied back lazily when
+  the user's module, its parameters or buffers are read (:mod:`.wrapping`: the class swap PopTorch does),
+  by ``detachFromDevice()`` and ``destroy()``. Inference calls never mark them dirty;
+- **buffers are per replica**: one device copy per input group of replicas (replicas of one group read
+  the same data, so their buffers stay equal), each filled from the host on upload (PopART streams the
+  host value to every replica); the host receives replica 0's copy (PopART ``Devicex``: a variable is
+  returned by the first replica of its group, graphcore/popart:willow/src/popx/devicex.cpp). An in-place
+  buffer update with input replication and ``broadcastBuffers(True)`` (the default) is refused
+  (graphcore/poptorch:poptorch/source/InplaceOps.cpp); BatchNorm's running statistics are PopART
+  batch-norm outputs, not aliased buffers (``_impl.BUFFERS_CAN_CHANGE``), and are exempt *(from code
+  reading)*;
+- ``executor._emulator_copies`` (emulator only) counts the copies: ``{"to_host": n, "to_device": n}``.
+
+The optimizer state lives in the executable (:class:`.optim.DeviceOptimizerState`), not in the optimizer
+object: a ``poptorch.optim`` optimizer's ``state_dict()`` reads it from the device as ``ipu_state`` /
+``ipu_param`` (PopART names), and a state loaded into the optimizer is written to the device on attach or
+before the next run (``_get_optim_state_dict``, ``_write_optim_state_dict_if_needed``).
 """
 from __future__ import annotations
 
@@ -35,13 +67,14 @@ import contextlib
 import copy
 import logging
 import math
-import weakref
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
 
-from . import enums, memory, optim
+from . import enums, memory, optim, wrapping
+from .args import ArgsParser, InputSpec
 from ._runtime import RUNTIME, running
 from .batching import MicroBatches, collect_outputs, replica_data_group
 from .blocks import Block, PipelinedExecution, ShardedExecution
@@ -53,9 +86,14 @@ __all__ = ["PoplarExecutor", "trainingModel", "inferenceModel"]
 
 logger = logging.getLogger(__name__)
 
-_WRAPPED = "_poptorch_emulator_training_executor"
+_NO_LOSS = "Couldn't find a loss in graph!"
 _MULTIPLE_LOSSES = ("Multiple independent losses found in graph. Graph must have one final loss. "
-                    "Wrap final graph loss in poptorch.identityLoss.")
+                    "Wrap final graph loss in poptorch.identity_loss.")
+_BROADCAST_BUFFERS = ("PopTorch does not support broadcasting buffers. If your model is able to tolerate "
+                      "buffers becoming out of sync between replicas, you can disable buffer broadcasting "
+                      "using poptorch.Options.broadcastBuffers(False).")
+# graphcore/poptorch:python/_impl.py BUFFERS_CAN_CHANGE: modules whose buffers PopART's own op updates
+_BUFFERS_CAN_CHANGE = (torch.nn.modules.batchnorm._BatchNorm,)
 
 
 def _is_pipelined(strategy) -> bool:
@@ -80,7 +118,7 @@ def _resolve_loss_rule(out: Any, losses: List[Tuple[torch.Tensor, str, str]]) ->
         # backward pass and are left out.
         nodes = [t.grad_fn if isinstance(t, torch.Tensor) and t.requires_grad else None for t, _, _ in losses]
         if all(n is None for n in nodes):
-            raise Error("Couldn't find a loss in graph! No loss depends on a trainable parameter.")
+            raise Error(f"{_NO_LOSS} No loss depends on a trainable parameter.")
         ancestors = [_ancestors(n) if n is not None else set() for n in nodes]
         final = [i for i, n in enumerate(nodes)
                  if n is not None and not any(n in ancestors[j] for j in range(len(nodes)) if j != i)]
@@ -95,17 +133,9 @@ def _resolve_loss_rule(out: Any, losses: List[Tuple[torch.Tensor, str, str]]) ->
                 return "output", j
         raise Error(f"The model's loss (computed by torch.nn.functional.{kind}) is not among its outputs: "
                     "return it, or mark it with poptorch.identity_loss(loss, reduction=...)")
-    if isinstance(out, torch.Tensor):
-        j = 0
-    elif isinstance(out, (tuple, list)) and out and isinstance(out[-1], torch.Tensor):
-        j = len(leaves) - 1
-    else:
-        raise Error("Couldn't find a loss in graph! Return the loss (alone or as the last element of a "
-                    "tuple) or mark it with poptorch.identity_loss(loss, reduction=...).")
-    if not leaves[j].requires_grad:
-        raise Error("Couldn't find a loss in graph! The model's output does not depend on any trainable "
-                    "parameter.")
-    return "output", j
+    # PopTorch: a training graph without an identity loss (poptorch.identity_loss or a torch loss function)
+    # is an error, whatever the model returns (tests/custom_loss_test.py, test_no_loss).
+    raise Error(_NO_LOSS)
 
 
 class PoplarExecutor:
@@ -124,6 +154,15 @@ class PoplarExecutor:
         self._user_model = user_model if user_model is not None else model
         self._model = model
         self._training = training
+        # host/device state (set before anything can read host weights through the wrapper classes)
+        self._dirty_host_weights = False
+        self._host_weights_version = 0
+        self._emulator_copies = {"to_host": 0, "to_device": 0}
+        self._slots: List[Tuple[str, torch.Tensor, bool]] = []  # (name, host tensor, is buffer)
+        self._device_params: Dict[str, torch.Tensor] = {}
+        self._device_buffers: List[Dict[str, torch.Tensor]] = []  # one dict per input group of replicas
+        self._args_parser = ArgsParser(model)  # before the model is wrapped (PopTorch does the same)
+        self._executable_inputs: Optional[InputSpec] = None
         if training:
             if options.defaultOutputMode():
                 options.outputMode(enums.OutputMode.Final)
@@ -146,7 +185,7 @@ class PoplarExecutor:
         self._hyper: Optional[Dict[str, Any]] = None
         self._compiled = False
         self._attached = False
-        self._signature = None
+        self._per_replica = False
         self._loss_rule: Optional[Tuple[str, int]] = None
         self._identity_count = 0
         self.placement: Optional[Placement] = None
@@ -155,11 +194,23 @@ class PoplarExecutor:
             self.setOptimizer(optimizer)
         options._freeze()
         if training:
-            self._user_model.__dict__[_WRAPPED] = weakref.ref(self)
+            wrapping.install(self, self._user_model)
+
+    def __del__(self):
+        # PopTorch's wrapped module holds its executor through a weak reference only: once the executor is
+        # gone, weights trained since the last copy to the host are lost. The emulator says so.
+        try:
+            if (self.__dict__.get("_dirty_host_weights") and self.__dict__.get("_compiled")
+                    and not sys.is_finalizing()):
+                logger.info("A trainingModel was garbage-collected before its trained weights were copied "
+                            "to the host: the host model keeps its old weights (keep a reference to the "
+                            "PoplarExecutor, or call copyWeightsToHost() or destroy() first)")
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     # ---- PopTorch's public API ---------------------------------------------------------------------
     def __getattr__(self, attr: str):
-        if attr in ("_user_model", "_model") or attr.startswith("__"):
+        if attr in ("_user_model", "_model", "_dirty_host_weights") or attr.startswith("__"):
             raise AttributeError(attr)
         return getattr(self._user_model, attr)
 
@@ -189,61 +240,194 @@ class PoplarExecutor:
 
     def compile(self, *args, **kwargs) -> None:
         """Trace and "compile" with these inputs (same arguments as the model) without running."""
+        parsed = self._args_parser(args, kwargs, False)
         if self._compiled:
             logger.warning("Call to compile() ignored: the executable is already compiled")
             return
-        self._compile(self._split(args, kwargs))
+        self._compile(parsed, self._split(parsed))
 
     def copyWeightsToHost(self) -> None:
+        """Copy the device weights and buffers (replica 0's buffers) into the host tensors, in place."""
         if not self._compiled:
             raise Error(NO_EXECUTABLE_ERR)
+        self._dirty_host_weights = False  # reading the host tensors below must not copy again
+        with torch.no_grad():
+            for name, host, is_buffer in self._slots:
+                host.copy_(self._device_buffers[0][name] if is_buffer else self._device_params[name])
+        self._host_weights_version += 1
+        self._emulator_copies["to_host"] += 1
 
     def copyWeightsToDevice(self) -> None:
+        """Copy the host parameters and buffers to the device (buffers to every replica)."""
         if not self._compiled:
             raise Error(NO_EXECUTABLE_ERR)
+        self._dirty_host_weights = False  # the device is overwritten: nothing to read back
+        with torch.no_grad():
+            for name, host, is_buffer in self._slots:
+                if is_buffer:
+                    for replica_buffers in self._device_buffers:
+                        replica_buffers[name].copy_(host)
+                else:
+                    self._device_params[name].copy_(host)
+        self._emulator_copies["to_device"] += 1
 
     def copyWeightsToHostIfNeeded(self) -> bool:
+        """Return True if the weights on the host were dirty and have been updated."""
+        if self._dirty_host_weights:
+            logger.debug("Implicit copyWeightsToHost()")
+            self.copyWeightsToHost()
+            return True
         return False
 
     def load_state_dict(self, state_dict: Dict[str, torch.Tensor], strict: bool = True):
+        """Load into the wrapped model and, if attached, copy the weights to the device."""
         out = self._user_model.load_state_dict(state_dict, strict)
-        if self._attached:
+        if self.isAttachedToDevice():
+            logger.debug("load_state_dict: implicit copyWeightsToDevice()")
             self.copyWeightsToDevice()
         return out
 
     def setOptimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Upload ``optimizer``'s current hyperparameters (and state, if it has any) to the device."""
+        """Set the optimizer of a training model (graphcore/poptorch:python/_poplar_executor.py,
+        ``setOptimizer``): its current hyper-parameters go to the device, with PopART's replacement checks
+        once compiled (:func:`.optim.check_replacement`; ``accum_type`` float16 needs
+        ``MeanReductionStrategy.Running``, :func:`.optim.optimizer_to_dict`). A ``poptorch.optim``
+        optimizer's ``state_dict()`` then reads the device state; a state it holds from
+        ``load_state_dict`` is written to the device (now if attached, else on attach). A different
+        optimizer object after compilation: the old one's state is read back and it is detached; the new
+        one's state is written only if it has one, so a fresh optimizer keeps the device's moments."""
         if not self._training:
             raise Error("setOptimizer() is only available for a poptorch.trainingModel()")
+        from types import MethodType
+        bound = optimizer.__dict__.get("state_dict")
+        if isinstance(bound, MethodType) and bound.__self__ is not self:
+            bound()  # used by another (destroyed) model: its state comes back first, as destroy() reads it
         hyper = optim.snapshot_hyperparameters(optimizer)
+        desc = optim.optimizer_to_dict(optimizer, self._options, self._compiled)
         old = self._optimizer
-        if old is not None and optimizer is not old and len(optimizer.state) == 0:
-            for p, s in old.state.items():  # the device keeps its state
-                optimizer.state[p] = s
-        self._optimizer, self._hyper = optimizer, hyper
+        if self._compiled:
+            optim.check_replacement(self.__dict__["_optimizer_dict"], desc,
+                                    lambda: self._group_weight_names(optimizer))
+            if old is not None and optimizer is not old:
+                if optim.is_poptorch_optimizer(old):
+                    self._read_optimizer_state_if_needed()
+                    old.__dict__.pop("state_dict", None)  # back to its own (host) state_dict
+                if optim.is_poptorch_optimizer(optimizer):
+                    optimizer.ipu_state_is_dirty = True
+        if optim.is_poptorch_optimizer(optimizer):
+            optimizer.state_dict = MethodType(PoplarExecutor._get_optimizer_state_dict, self)
+        changed = desc != self.__dict__.get("_optimizer_dict")
+        self._optimizer, self._hyper, self._optimizer_dict = optimizer, hyper, desc
+        device = self.__dict__.get("_optimizer_device")
+        if device is not None and changed:
+            device.upload(desc)  # updateOptimizers
+        if self._compiled and self._attached:
+            self._optimizer_state_on_attach()
+            self._write_optimizer_state_if_needed(sync_weights=True)
+
+    # ---- optimizer state (python/_poplar_executor.py: _on_device_attach, _get_optim_state_dict,
+    # _read_optim_state_dict_if_needed, _write_optim_state_dict_if_needed) ---------------------------------
+    def _group_weight_names(self, optimizer: torch.optim.Optimizer) -> List[List[str]]:
+        names = optim.weight_names(self._model)
+        return [[names.get(id(p), "?") for p in g["params"]] for g in optimizer.param_groups]
+
+    def _optimizer_state_on_attach(self) -> Optional["optim.DeviceOptimizerState"]:
+        """The executable's optimizer state, allocated (zeros) the first time it is needed after
+        compilation; what ``_on_device_attach`` does then: write a state the optimizer holds (a checkpoint
+        loaded before compilation), else mark the host copy stale so that ``state_dict()`` reads the
+        device. Idempotent; called before each update, by ``setOptimizer`` and by ``state_dict()``."""
+        device = self.__dict__.get("_optimizer_device")
+        attached = self._attached or self._options.connection_type == enums.ConnectionType.Always
+        if device is not None or not (self._training and self._compiled and attached):
+            return device
+        device = optim.DeviceOptimizerState(self._optimizer, self._hyper, self._optimizer_dict, self._model,
+                                            self._options)
+        self.__dict__["_optimizer_device"] = device
+        opt = self._optimizer
+        if optim.is_poptorch_optimizer(opt):
+            if opt.has_state():
+                opt.ipu_state_is_dirty = True
+                self._write_optimizer_state_if_needed(sync_weights=False)
+            else:
+                opt.host_state_is_dirty, opt.ipu_state_is_dirty = True, False
+        return device
+
+    def _get_optimizer_state_dict(self) -> Dict[str, Any]:
+        """Replaces ``state_dict`` of the ``poptorch.optim`` optimizer given to this model: the device
+        state when the host copy is stale ({"ipu_state", "ipu_param", "state", "param_groups"})."""
+        self._optimizer_state_on_attach()
+        self._read_optimizer_state_if_needed()
+        return self._optimizer.get_state_dict()
+
+    def _read_optimizer_state_if_needed(self) -> None:
+        opt = self._optimizer
+        if not optim.is_poptorch_optimizer(opt):
+            return
+        if not opt.host_state_is_dirty:
+            logger.debug("Using cached optimiser state dict")
+            return
+        device = self.__dict__.get("_optimizer_device")
+        if device is None:
+            raise Error(NO_EXECUTABLE_ERR)
+        logger.debug("Writing optimiser state tensors from IPU to host.")
+        opt.set_state_dict({**device.read(), **torch.optim.Optimizer.state_dict(opt)})
+        opt.ipu_state_is_dirty = False
+
+    def _write_optimizer_state_if_needed(self, sync_weights: bool) -> None:
+        """Write a state loaded into the optimizer (``load_state_dict``) to the device. ``sync_weights``:
+        PopTorch first reads the weights back (its write uploads weights too); not inside a run, where the
+        device weights are in use."""
+        opt = self._optimizer
+        if not (optim.is_poptorch_optimizer(opt) and opt.ipu_state_is_dirty):
+            return
+        if opt.host_state_is_dirty:
+            raise AssertError("Both host and ipu states cannot be dirty at the same time.")
+        device = self.__dict__.get("_optimizer_device")
+        if opt.has_state():
+            if device is None:
+                raise Error("Must be attached to a device to write the optimizer state.")
+            if sync_weights:
+                self.copyWeightsToHostIfNeeded()
+            logger.debug("Writing optimiser state tensors from host to IPU memory.")
+            device.write(opt.get_state_dict())
+        opt.ipu_state_is_dirty = False
 
     def detachFromDevice(self) -> None:
+        """Read the weights back (training) and release the device; the next call attaches again."""
         if not self._compiled:
             raise Error(NO_EXECUTABLE_ERR)
         if not self._attached:
             raise Error("Device is not attached")
+        if self._training:
+            self.copyWeightsToHostIfNeeded()
         self._attached = False
 
     def attachToDevice(self) -> None:
-        if self._options.connection_type == enums.ConnectionType.Never:
-            raise AssertError("Trying to attach to an offline device (ConnectionType.Never)")
+        """Attach again and upload the host weights (``_on_device_attach``)."""
         if not self._compiled:
             raise Error(NO_EXECUTABLE_ERR)
+        if self._options.connection_type == enums.ConnectionType.Never:
+            raise AssertError("Trying to attach to an offline device (ConnectionType.Never)")
         if self._attached:
-            raise Error("Already attached to a device")
+            raise Error("Device is already attached")
         self._attached = True
+        self._on_device_attach()
 
     def destroy(self) -> None:
-        """Release the device and unwrap the model (it can then be wrapped again)."""
+        """Release the device and the executable; a training model's weights are read back first and the
+        user's module is unwrapped (it can then be wrapped again). Does nothing before compilation, as in
+        PopTorch (the module then stays wrapped)."""
+        if not self._compiled:
+            return
+        if self._training:
+            self.copyWeightsToHostIfNeeded()
         self._compiled = self._attached = False
-        ref = self._user_model.__dict__.get(_WRAPPED)
-        if ref is not None and ref() is self:
-            del self._user_model.__dict__[_WRAPPED]
+        self._slots, self._device_params, self._device_buffers = [], {}, []
+        self._executable_inputs = None
+        if self._training:
+            if not wrapping.is_wrapped(self._user_model):
+                raise Error("model was never wrapped")
+            wrapping.uninstall(self._user_model)
 
     def cycleCount(self) -> int:
         raise Error("Cycle count logging needs IPU hardware; the emulator has no cycle counter.")
@@ -252,16 +436,30 @@ class PoplarExecutor:
         if self._options.connection_type == enums.ConnectionType.Never:
             raise AssertError("Trying to run a model on an offline device (ConnectionType.Never): use "
                               "model.compile(inputs) instead of model(inputs)")
-        batches = self._split(args, kwargs)
-        if not self._compiled:
-            self._compile(batches)
-        elif batches.signature != self._signature:
-            raise Error(f"Inputs differ from the ones the model was compiled with: compiled with "
-                        f"{self._signature}, called with {batches.signature}. Create a new "
-                        "poptorch model (or destroy() this one) to run other shapes.")
+        first = not self._compiled
+        parsed = self._args_parser(args, kwargs, not first)
+        if first:
+            batches = self._split(parsed)
+            self._compile(parsed, batches)
         if not self._attached:
             self.attachToDevice()
-        return self._run(batches)
+        if not self._training:
+            # the same module trained by a trainingModel: bring its newest weights here
+            copy_if_needed = getattr(self._user_model, "copyWeightsToHostIfNeeded", None)
+            if callable(copy_if_needed):
+                copy_if_needed()
+                version = self._user_model._host_weights_version
+                if self._host_weights_version != version:
+                    logger.debug("Implicit copyWeightsToDevice()")
+                    self.copyWeightsToDevice()
+                    self._host_weights_version = version
+        if not first:
+            self._executable_inputs.validate(parsed)
+            batches = self._split(parsed)
+        out = self._run(batches)
+        if self._training:
+            self._dirty_host_weights = True
+        return out
 
     # ---- emulator extras (placement and memory, for logging and tests) ------------------------------
     @property
@@ -298,38 +496,135 @@ class PoplarExecutor:
         return 2 * n - 1 if self._training and n else n
 
     # ---- internals -----------------------------------------------------------------------------------
-    def _split(self, args, kwargs) -> MicroBatches:
+    def _split(self, parsed) -> MicroBatches:
         o = self._options
         ga = o.Training.gradient_accumulation if self._training else 1
-        return MicroBatches(args, kwargs, o.device_iterations, ga, o.replication_factor, o.input_group_size)
+        return MicroBatches(parsed.args, parsed.kwargs, o.device_iterations, ga, o.replication_factor,
+                            o.input_group_size)
 
-    def _compile(self, batches: MicroBatches) -> None:
-        args, kwargs = batches.get(0, 0, 0)
+    # ---- device state --------------------------------------------------------------------------------
+    def _allocate_device_state(self, groups: int) -> None:
+        """The device copies of the traced module's named parameters and buffers (``copyWeightsToHost`` /
+        ``copyWeightsToDevice`` in PopTorch address them by these names), filled from the host."""
+        params = dict(self._model.named_parameters())
+        buffers = dict(self._model.named_buffers())
+        self._slots = [(n, t, False) for n, t in params.items()] + [(n, t, True) for n, t in buffers.items()]
+        with torch.no_grad():
+            self._device_params = {n: t.detach().clone() for n, t in params.items()}
+            self._device_buffers = [{n: t.detach().clone() for n, t in buffers.items()} for _ in range(groups)]
+
+    @contextlib.contextmanager
+    def _on_device(self):
+        """Run the traced module on the device copies: its parameters and buffers point at them for the
+        duration (a pointer swap, no copy) and the wrapper classes are off (no implicit copy on the hot
+        path). Host values, host gradients and classes are restored afterwards."""
+        undone = wrapping.unwrap([t for _, t, _ in self._slots] + [self._model])
+        saved = []
+        try:
+            for name, t, is_buffer in self._slots:
+                saved.append((t.data, None if is_buffer else t.grad))
+                if is_buffer:
+                    t.data = self._device_buffers[0][name]
+                else:
+                    t.grad = None
+                    t.data = self._device_params[name]
+            yield
+        finally:
+            for (name, t, is_buffer), (host, grad) in zip(self._slots, saved):
+                if not is_buffer:
+                    self._device_params[name] = t.data  # whatever the update left there
+                    t.grad = grad
+                t.data = host
+            wrapping.rewrap(undone)
+
+    def _use_replica_buffers(self, group: int) -> None:
+        """Point the buffers at the copy of the replicas of input group ``group`` (inside :meth:`_on_device`)."""
+        buffers = self._device_buffers[group]
+        for name, t, is_buffer in self._slots:
+            if is_buffer:
+                t.data = buffers[name]
+
+    def _on_device_attach(self) -> None:
+        """Called on every attach: upload the weights, then the optimizer state the optimizer holds (a loaded
+        checkpoint); PopTorch also writes the RNG state."""
+        self.copyWeightsToDevice()
+        if self._training and self._compiled:
+            self._optimizer_state_on_attach()
+
+    def _weight_objects(self) -> Dict[str, Tuple[int, int]]:
+        """Identity of every named buffer and parameter (``_impl.getBufferAndParameterAddresses``)."""
+        out: Dict[str, Tuple[int, int]] = {}
+        for module_name, module in self._model.named_modules():
+            if isinstance(module, _BUFFERS_CAN_CHANGE):
+                continue
+            for name, b in module.named_buffers(prefix=module_name, recurse=False):
+                out["Buffer " + name] = (0, id(b))
+        for name, p in self._model.named_parameters():
+            out["Parameter " + name] = (1, id(p))
+        return out
+
+    def _check_weights_kept(self, before: Dict[str, Tuple[int, int]]) -> None:
+        """``_impl.errorOnBufferOrParameterAddressChanges``: buffers and parameters must be updated in place."""
+        after = self._weight_objects()
+        for key in sorted(before, key=lambda k: before[k][0]):
+            kind, name = key.split(" ", 1)
+            if key not in after:
+                raise Error(f"{kind} {name} is removed from the model when calling the forward method.")
+            if after[key] != before[key]:
+                raise Error(f"{kind} {name} is reassigned within the model when calling the forward method. "
+                            f"This is not supported. Consider using self.{name}.copy_(src) to copy data from "
+                            "a source tensor, where src is the name of the source tensor.")
+
+    def _restore_weight_objects(self) -> None:
+        """Put back the parameter and buffer objects a failed trace replaced (PopTorch restores the CPU
+        tensors after every trace)."""
+        for name, t, is_buffer in self._slots:
+            module_name, _, attr = name.rpartition(".")
+            module = self._model.get_submodule(module_name) if module_name else self._model
+            table = module._buffers if is_buffer else module._parameters
+            if table.get(attr) is not t:
+                table[attr] = t
+
+    # ---- compilation ---------------------------------------------------------------------------------
+    def _compile(self, parsed, batches: MicroBatches) -> None:
+        # PopTorch traces with clones of the (narrowed) inputs: the caller's tensors are not touched.
+        args, kwargs = pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t,
+                                       batches.get(0, 0, 0))
         strategy = self._options._execution_strategy
         manager = strategy._make_stages_manager()
-        trace = Trace(self._model, record_memory=self._training)
-        manager.recorder = trace
         rng = torch.get_rng_state()
-        buffers = [b.detach().clone() for b in self._model.buffers()]
-        saved_hooks = (torch.autograd.graph.saved_tensors_hooks(trace.pack, trace.unpack)
-                       if self._training else contextlib.nullcontext())
+        self._allocate_device_state(batches.groups)
+        before = self._weight_objects()
+        exempt = {f"{m}.{b}" if m else b for m, module in self._model.named_modules()
+                  if isinstance(module, _BUFFERS_CAN_CHANGE) for b, _ in module.named_buffers(recurse=False)}
+        updated_buffers = []
         Block._stages_manager = manager
-        RUNTIME.on_checkpoint = trace.checkpoint
-        try:
-            with running(record_losses=self._training) as losses, torch.set_grad_enabled(self._training):
-                with saved_hooks, trace:
-                    out = self._model(*args, **kwargs)
-                if self._training:
-                    self._loss_rule = _resolve_loss_rule(out, losses)
-                    self._identity_count = sum(1 for _, _, k in losses if k == "identity")
-        finally:
-            Block._stages_manager = None
-            RUNTIME.on_checkpoint = None
-            torch.set_rng_state(rng)
-            with torch.no_grad():
-                for b, saved in zip(self._model.buffers(), buffers):
-                    b.copy_(saved)
+        with self._on_device():
+            buffer_versions = {n: t._version for n, t, is_buffer in self._slots if is_buffer}
+            trace = Trace(self._model, record_memory=self._training)
+            manager.recorder = trace
+            saved_hooks = (torch.autograd.graph.saved_tensors_hooks(trace.pack, trace.unpack)
+                           if self._training else contextlib.nullcontext())
+            RUNTIME.on_checkpoint = trace.checkpoint
+            try:
+                with running(record_losses=self._training) as losses, torch.set_grad_enabled(self._training):
+                    with saved_hooks, trace:
+                        out = self._model(*args, **kwargs)
+                    self._check_weights_kept(before)
+                    updated_buffers = [n for n, t, is_buffer in self._slots
+                                       if is_buffer and n not in exempt and t._version != buffer_versions[n]]
+                    if self._training:
+                        self._loss_rule = _resolve_loss_rule(out, losses)
+                        self._identity_count = sum(1 for _, _, k in losses if k == "identity")
+            finally:
+                Block._stages_manager = None
+                RUNTIME.on_checkpoint = None
+                torch.set_rng_state(rng)
+                self._restore_weight_objects()
         del out
+        o = self._options
+        if updated_buffers and o.broadcast_buffers and o.input_group_size < o.replication_factor:
+            raise Error(_BROADCAST_BUFFERS)
         placement = trace.placement()
         self._check_placement(placement)
         self.placement = placement
@@ -337,9 +632,13 @@ class PoplarExecutor:
                                              self._training, _is_pipelined(strategy) and self._training)
         if self._options._emulator.memory_check:
             memory.check(self.memory_report, placement.num_forward_stages)
-        self._signature = batches.signature
+        self._executable_inputs = InputSpec(parsed)
         self._compiled = True
+        # the trace ran on the device copies: attaching uploads the host values again (_compile in PopTorch
+        # attaches with ConnectionType.Always, then calls _on_device_attach)
         self._attached = self._options.connection_type == enums.ConnectionType.Always
+        if self._attached:
+            self._on_device_attach()
 
     def _check_placement(self, placement: Placement) -> None:
         strategy = self._options._execution_strategy
@@ -389,14 +688,21 @@ class PoplarExecutor:
         ga = batches.ga
         owner = [replica_data_group(r, replicas, gsize, o.input_cgt) for r in range(replicas)]
         per_batch: List[Tuple[List[Any], Any]] = []
-        if self._training:
-            self._run_training(batches, owner, per_batch)
-        else:
-            with running(), torch.no_grad():
-                for d in range(di):
-                    outs = [self._flat(self._model(*a, **k)) for a, k in
-                            (batches.get(d, 0, g) for g in range(batches.groups))]
-                    per_batch.extend(outs[owner[r]] for r in range(replicas))
+        # replicas own their buffers: switch between the input groups' copies if there are several
+        self._per_replica = batches.groups > 1 and any(is_buffer for _, _, is_buffer in self._slots)
+        with self._on_device():
+            if self._training:
+                self._run_training(batches, owner, per_batch)
+            else:
+                with running(), torch.no_grad():
+                    for d in range(di):
+                        outs = []
+                        for g in range(batches.groups):
+                            if self._per_replica:
+                                self._use_replica_buffers(g)
+                            a, k = batches.get(d, 0, g)
+                            outs.append(self._flat(self._model(*a, **k)))
+                        per_batch.extend(outs[owner[r]] for r in range(replicas))
         return collect_outputs(per_batch, o.output_mode, o.output_return_period, di, ga, replicas)
 
     @staticmethod
@@ -421,6 +727,8 @@ class PoplarExecutor:
                 for a in range(ga):
                     outs = []
                     for g in range(batches.groups):
+                        if self._per_replica:
+                            self._use_replica_buffers(g)
                         losses.clear()
                         args, kwargs = batches.get(d, a, g)
                         leaves, spec = pytree.tree_flatten(self._model(*args, **kwargs))
@@ -443,7 +751,12 @@ class PoplarExecutor:
         max_norm = self._hyper["attrs"]["max_grad_norm"]
         if math.isfinite(max_norm) and with_grad:
             torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
-        optim.apply_update(self._optimizer, self._hyper, extra)
+        # PopTorch writes a loaded optimizer state before executing; no update has run before this one
+        device = self._optimizer_state_on_attach()
+        self._write_optimizer_state_if_needed(sync_weights=False)
+        optim.apply_update(self._optimizer, self._hyper, extra, state=device.by_param)
+        if optim.is_poptorch_optimizer(self._optimizer):
+            self._optimizer.host_state_is_dirty = True  # the device state moved on
         for p in params:
             p.grad = None
 
@@ -469,18 +782,13 @@ def _reduce_across_instances(grads_of: List[torch.nn.Parameter], options: Option
         p.grad.copy_(g.view_as(p.grad))
 
 
-def _is_wrapped(model: torch.nn.Module) -> bool:
-    ref = model.__dict__.get(_WRAPPED)
-    executor = ref() if ref is not None else None
-    return executor is not None
-
-
 def trainingModel(model: torch.nn.Module, options: Optional[Options] = None,
                   optimizer: Optional[torch.optim.Optimizer] = None) -> PoplarExecutor:
-    """Wrap ``model`` for training on the (emulated) IPU. Parameters are shared with ``model``."""
+    """Wrap ``model`` for training on the (emulated) IPU. The executor traces a shallow copy (parameter
+    objects shared) and wraps ``model`` itself (:mod:`.wrapping`); ``destroy()`` unwraps it."""
     if isinstance(model, PoplarExecutor):
         model = model._user_model
-    if _is_wrapped(model):
+    if wrapping.is_wrapped(model):
         raise RuntimeError("Model has already been wrapped in 'poptorch.trainingModel'. Call model.destroy() "
                            "on the model to unwrap before wrapping again.")
     return PoplarExecutor(model=copy.copy(model), options=options, training=True, optimizer=optimizer,
@@ -488,9 +796,9 @@ def trainingModel(model: torch.nn.Module, options: Optional[Options] = None,
 
 
 def inferenceModel(model: torch.nn.Module, options: Optional[Options] = None) -> PoplarExecutor:
-    """Wrap ``model`` for inference on the (emulated) IPU. Parameters are shared with ``model``."""
+    """Wrap ``model`` for inference on the (emulated) IPU. As in PopTorch the executor's model is a shallow
+    copy (parameter objects shared; a module wrapped by a trainingModel stays wrapped in the copy, which is
+    how the inference model picks up the training model's weights)."""
     if isinstance(model, PoplarExecutor):
         model = model._user_model
-    copied = copy.copy(model)
-    copied.__dict__.pop(_WRAPPED, None)
-    return PoplarExecutor(model=copied, options=options, training=False, user_model=model)
+    return PoplarExecutor(model=copy.copy(model), options=options, training=False)

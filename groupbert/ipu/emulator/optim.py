@@ -25,28 +25,56 @@ adam.hpp, sgd.hpp), applied by the executor once per device iteration to the *ac
     \end{aligned}
 
 So ``max_weight_norm=0`` turns LAMB into AdamW for that group (the BERT app's bias group), and AdamW's
-decay inside :math:`u` equals torch's ``w(1 - \eta\lambda)`` then Adam step exactly. The state tensors
-use torch's names (``step``, ``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ``square_avg``) and live
-in the optimizer object the user passed, so ``optimizer.state_dict()`` after a call returns the device
-state (PopTorch reads it back from the IPU). Moments are kept in float32 for low-precision weights
-(PopTorch's default ``*_accum_type=torch.float32``).
+decay inside :math:`u` equals torch's ``w(1 - \eta\lambda)`` then Adam step exactly. Moments are kept
+in float32 for low-precision weights (PopTorch's default ``*_accum_type=torch.float32``).
 
-Deviations: PopTorch's ``state_dict()`` of its own classes adds ``ipu_state``/``ipu_param`` entries; here
-it is torch's. SGD follows torch's first-step velocity ``b_1 = d`` (PopTorch documents SGD as
-"mathematically identical to PyTorch"). RMSprop uses torch's equations (``use_tf_variant`` is ignored).
+**Bias correction** (B6; graphcore/poptorch:popart_compiler/source/CompilerImpl.cpp,
+``CompilerImpl::getPopartOptimizer``; python/_optimizer_attributes.py, ``_toPoptorchOptimizer``):
+``bias_correction=False`` makes ``AdamW`` the type ``ADAMW_NO_BIAS`` and ``LAMB`` ``LAMB_NO_BIAS``, but
+only LAMB has a PopART mode for it (``AdamMode::LambNoBias``); ``ADAMW_NO_BIAS`` falls through to
+``AdamMode::Adam``, so **AdamW always runs bias-corrected on the IPU** and so does it here. LAMB's flag is
+honoured (no correction of either moment, and no ``Step___`` tensor).
+
+**Optimizer state** (B5; python/optim.py class ``Optimizer``; python/_poplar_executor.py
+``setOptimizer``, ``_get_optim_state_dict``, ``_read_optim_state_dict_if_needed``,
+``_write_optim_state_dict_if_needed``, ``_on_device_attach``; python/poptorch.cpp ``readOptimizerState``,
+``writeOptimizerState``): the device state lives in the executable (:class:`DeviceOptimizerState`),
+never in ``optimizer.state`` (torch's Python ``step()`` does not run). A ``poptorch.optim`` optimizer's
+``state_dict()`` is ``{"ipu_state", "ipu_param", "state", "param_groups"}``: ``ipu_state`` holds PopART's
+optimizer variables keyed ``<prefix><weight name>`` (Adam/AdamW/LAMB: ``Accl1___`` first moment,
+``Accl2___`` second moment, ``Step___`` step count, float32 scalar, absent for LAMB without bias
+correction, graphcore/popart:willow/src/patterns/adamdecompose.cpp; SGD with momentum ``Accl1___``
+(``Accl___`` combined); RMSprop ``Accl1___``/``Accl2___``/``Accl3___``, adaptivedecompose.cpp), and
+``ipu_param`` the non-constant hyper-parameter tensors (``learningRate___specific___<w>``,
+``weightDecay___specific___<w>``, ``adamBeta1/2___``, ``adamEps___``, ``maxWeightNorm___``,
+``lossScaling___specific___``, ``adamGradientScaling___``, ``lossScaling_FLOAT``; SGD:
+``scaledLearningRate0___`` ..., graphcore/popart:willow/include/popart/compoundscalarhelper.hpp). Both are
+``None`` until the executable exists; the executor fills them lazily when the device state changed.
+``load_state_dict`` accepts only that layout ("Only IPU optimizer states can be loaded onto the IPU.")
+and the state is written to the device on attach, before the next run, or by ``setOptimizer``.
+:func:`optimizer_to_dict` is PopTorch's ``convertOptimizerToDict`` (values and constant-ness) and
+:func:`check_replacement` PopART's ``validReplacement`` checks that ``setOptimizer`` runs after compilation.
+
+Deviations: SGD follows torch's first-step velocity ``b_1 = d`` (PopTorch documents SGD as
+"mathematically identical to PyTorch") and its velocity appears in ``ipu_state`` after the first update;
+RMSprop uses torch's equations (``use_tf_variant`` is ignored). ``writeOptimizerState`` copies raw bytes
+in PopTorch; here a tensor of another shape or dtype is an error.
 """
 from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+import math
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from .errors import AssertError, Error
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "LAMB", "VariableAttributes", "optimizer_kind",
-           "snapshot_hyperparameters", "apply_update", "state_bytes", "accumulator_bytes"]
+           "snapshot_hyperparameters", "apply_update", "state_bytes", "accumulator_bytes",
+           "is_poptorch_optimizer", "optimizer_to_dict", "check_replacement", "DeviceOptimizerState",
+           "weight_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +103,60 @@ class VariableAttributes:
 
 
 class _PoptorchOptimizer:
-    """Mixin: PopTorch's global (not per-group) attributes survive deepcopy/pickle."""
+    """Mixin: PopTorch's ``poptorch.optim.Optimizer`` (python/optim.py): the IPU state protocol and global
+    (not per-group) attributes that survive deepcopy/pickle.
+
+    ``state_dict()`` returns ``{"ipu_state", "ipu_param"}`` (``None`` until an executable has filled them)
+    merged with torch's ``state``/``param_groups``; once the optimizer is given to a training model the
+    executor replaces ``state_dict`` by a method that first reads the device state when the host copy is
+    stale. ``load_state_dict`` runs torch's loader (param groups and learning rates, for LR schedulers)
+    and then requires the IPU layout; the loaded state is marked for upload (``ipu_state_is_dirty``)."""
     _child_attrs: Tuple[str, ...] = ()
 
     def _init_poptorch(self, passed: Dict[str, Any], allowed_extra: List[str]) -> None:
         variables = [k for k, v in passed.items() if v is not None]
         self.variable_attrs = VariableAttributes(variables, list(self.defaults) + allowed_extra)
+        self._state_dict: Dict[str, Any] = {"ipu_state": None, "ipu_param": None}
+        self.ipu_state_is_dirty = False   # the host holds state the device must receive
+        self.host_state_is_dirty = False  # the device ran: the host copy is out of date
+
+    # python/optim.py Optimizer.state_dict / load_state_dict / get_state_dict / set_state_dict / has_state
+    def state_dict(self) -> Dict[str, Any]:
+        return self.get_state_dict()
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        torch.optim.Optimizer.load_state_dict(self, state_dict)  # so that LR schedulers work
+        self.set_state_dict(state_dict)
+
+    def get_state_dict(self) -> Dict[str, Any]:
+        return {**self._state_dict, **torch.optim.Optimizer.state_dict(self)}
+
+    def set_state_dict(self, state: Dict[str, Any]) -> None:
+        if not state:
+            raise RuntimeError("Cannot load optimizer state dictionary because it is empty.")
+        if not ("ipu_state" in state and "ipu_param" in state):
+            raise RuntimeError("Only IPU optimizer states can be loaded onto the IPU.")
+        self._state_dict = state
+        self.ipu_state_is_dirty = True
+        self.host_state_is_dirty = False
+
+    def has_state(self) -> bool:
+        return self._state_dict.get("ipu_state") is not None and self._state_dict.get("ipu_param") is not None
 
     def __getstate__(self) -> Dict[str, Any]:
         state = torch.optim.Optimizer.__getstate__(self)
         for name in self._child_attrs + ("variable_attrs",):
             state[name] = getattr(self, name)
+        # as PopTorch: the IPU state travels, marked dirty only if there is one
+        state["_state_dict"] = self._state_dict
+        state["ipu_state_is_dirty"] = self.has_state()
+        state["host_state_is_dirty"] = False
         return state
+
+
+def is_poptorch_optimizer(optimizer: Any) -> bool:
+    """``isinstance(optimizer, poptorch.optim.Optimizer)``: the optimizers whose state PopTorch reads back."""
+    return isinstance(optimizer, _PoptorchOptimizer)
 
 
 def _accum(dtype: Optional[torch.dtype], name: str) -> torch.dtype:
@@ -288,9 +358,12 @@ def snapshot_hyperparameters(optimizer: torch.optim.Optimizer) -> Dict[str, Any]
             raise Error("amsgrad is not supported by PopTorch optimizers (must be False)")
         if g.get("maximize"):
             raise Error("maximize=True is not supported by PopTorch optimizers")
+    # Only LAMB honours bias_correction=False on the IPU (AdamMode::LambNoBias); AdamW's ADAMW_NO_BIAS
+    # type reaches PopART as AdamMode::Adam (CompilerImpl::getPopartOptimizer): always bias-corrected.
+    bias_correction = bool(getattr(optimizer, "bias_correction", True)) if kind == "lamb" else True
     attrs = {"loss_scaling": float(getattr(optimizer, "loss_scaling", 1.0)),
              "max_grad_norm": float(getattr(optimizer, "max_grad_norm", float("inf"))),
-             "bias_correction": bool(getattr(optimizer, "bias_correction", True)),
+             "bias_correction": bias_correction,
              "max_weight_norm": float(getattr(optimizer, "max_weight_norm", 65500.0))}
     return {"kind": kind, "groups": groups, "defaults": plain(optimizer.defaults), "attrs": attrs,
             "num_params": [len(g["params"]) for g in optimizer.param_groups]}
@@ -306,11 +379,14 @@ def _moment_dtype(optimizer, p: torch.Tensor, attr: str) -> torch.dtype:
 
 @torch.no_grad()
 def apply_update(optimizer: torch.optim.Optimizer, snap: Dict[str, Any],
-                 extra_params: Iterable[torch.Tensor] = ()) -> None:
+                 extra_params: Iterable[torch.Tensor] = (),
+                 state: Optional[Dict[int, Dict[str, Any]]] = None) -> None:
     """One PopART optimizer step on every parameter with a gradient.
 
-    Uses the hyperparameters of ``snap`` (not the live ``param_groups``) and writes the state into
-    ``optimizer.state``. ``extra_params`` (trainable, not in any group) use ``snap["defaults"]``.
+    Uses the hyperparameters of ``snap`` (not the live ``param_groups``). The per-parameter state (torch's
+    names: ``step``, ``exp_avg`` ...) is ``state[id(param)]`` when ``state`` is given (the executable's,
+    :class:`DeviceOptimizerState`), else ``optimizer.state[param]`` (a host-side ``step()``).
+    ``extra_params`` (trainable, not in any group) use ``snap["defaults"]``.
     """
     if [len(g["params"]) for g in optimizer.param_groups] != snap["num_params"]:
         raise Error("The optimizer's parameter groups changed since setOptimizer(): call "
@@ -324,15 +400,32 @@ def apply_update(optimizer: torch.optim.Optimizer, snap: Dict[str, Any],
         for p in params:
             if p.grad is None:
                 continue
-            state = optimizer.state[p]
+            pstate = optimizer.state[p] if state is None else state.setdefault(id(p), {})
             if kind == "sgd":
-                _sgd(p, p.grad, state, h)
+                _sgd(p, p.grad, pstate, h)
             elif kind == "rmsprop":
-                _rmsprop(p, p.grad, state, h)
+                _rmsprop(p, p.grad, pstate, h)
             else:
                 mwn = h.get("max_weight_norm", attrs["max_weight_norm"]) if kind == "lamb" else None
-                _adam_family(optimizer, p, p.grad, state, h, decay_mode=kind != "adam",
+                _adam_family(optimizer, p, p.grad, pstate, h, decay_mode=kind != "adam",
                              bias_correction=attrs["bias_correction"], max_weight_norm=mwn)
+
+
+def _initial_state(kind: str, optimizer, p: torch.Tensor, h: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The zero state PopART allocates for weight ``p`` (torch's names), or {} where it starts lazily."""
+    if kind in ("adam", "adamw", "lamb"):
+        return {"step": torch.tensor(0.0),
+                "exp_avg": torch.zeros(p.shape, dtype=_moment_dtype(optimizer, p, "first_order_momentum_accum_type")),
+                "exp_avg_sq": torch.zeros(p.shape,
+                                          dtype=_moment_dtype(optimizer, p, "second_order_momentum_accum_type"))}
+    if kind == "rmsprop":
+        out = {"step": torch.tensor(0.0), "square_avg": torch.zeros(p.shape, dtype=p.dtype)}
+        if float(h.get("momentum", 0.0)) > 0:
+            out["momentum_buffer"] = torch.zeros(p.shape, dtype=p.dtype)
+        if h.get("centered", False):
+            out["grad_avg"] = torch.zeros(p.shape, dtype=p.dtype)
+        return out
+    return {}  # SGD: torch's first velocity is the first gradient (module docstring)
 
 
 def _adam_family(optimizer, p, grad, state, h, *, decay_mode: bool, bias_correction: bool,
@@ -344,7 +437,7 @@ def _adam_family(optimizer, p, grad, state, h, *, decay_mode: bool, bias_correct
         state["step"] = torch.tensor(0.0)
         state["exp_avg"] = torch.zeros_like(p, dtype=m_dtype, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, dtype=v_dtype, memory_format=torch.preserve_format)
-    state["step"] += 1
+    state["step"] += 1  # PopART's Step___ counts every update (only read when bias-correcting)
     t = float(state["step"])
     compute = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
     w = p.to(compute)
@@ -406,6 +499,365 @@ def _rmsprop(p, grad, state, h) -> None:
         p.add_(buf, alpha=-lr)
     else:
         p.addcdiv_(g, avg, value=-lr)
+
+
+# ---- the executable's view: constant/variable hyper-parameters, replacement checks, device state -------------
+def weight_names(model: torch.nn.Module) -> Dict[int, str]:
+    """``id(parameter) -> name`` as ``model.named_parameters()`` (first name of a tied parameter), the ids
+    PopART gives the weights. Reads the modules' tables only: a wrapped parameter is never touched (that
+    would copy weights back from the device)."""
+    names: Dict[int, str] = {}
+    for module_name, module in model.named_modules():
+        for name, p in module._parameters.items():
+            if p is not None and id(p) not in names:
+                names[id(p)] = f"{module_name}.{name}" if module_name else name
+    return names
+
+
+# python/_optimizer_attributes.py: _toPoptorchOptimizer, and each class's _group_vars
+_GROUP_VARS = {"sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "velocity_scaling"),
+               "adam": ("lr", "betas", "eps", "weight_decay"), "adamw": ("lr", "betas", "eps", "weight_decay"),
+               "rmsprop": ("lr", "momentum", "weight_decay", "alpha", "eps"),
+               "lamb": ("lr", "weight_decay", "betas", "eps", "max_weight_norm")}
+_GROUP_DEFAULTS = {"velocity_scaling": 1.0}  # _GroupGetter(1.0); the others must be in the group
+
+
+def _optimizer_type(optimizer, kind: str) -> str:
+    """``_toPoptorchOptimizer``: SGD1/SGD2, ADAM, ADAMW/ADAMW_NO_BIAS, RMSPROP(_CENTERED), LAMB(_NO_BIAS)."""
+    if kind == "sgd":
+        return "SGD1" if getattr(optimizer, "use_combined_accum", False) else "SGD2"
+    if kind == "adamw":
+        no_bias = isinstance(optimizer, AdamW) and not getattr(optimizer, "bias_correction", True)
+        return "ADAMW_NO_BIAS" if no_bias else "ADAMW"
+    if kind == "lamb":
+        return "LAMB" if getattr(optimizer, "bias_correction", True) else "LAMB_NO_BIAS"
+    if kind == "rmsprop":
+        centered = optimizer.param_groups[0].get("centered", False)
+        for i, group in enumerate(optimizer.param_groups):
+            if group.get("centered", False) != centered:
+                raise AssertError("All parameter groups must have the same value for the 'centered' attribute "
+                                  f"(Group 0: {centered} / Group {i}: {group.get('centered', False)})")
+        return "RMSPROP_CENTERED" if centered else "RMSPROP"
+    return "ADAM"
+
+
+def _is_const(optimizer, name: str, value: Any, kind: str, auto_loss_scaling: bool) -> bool:
+    """``_ValueConstPairFormatter``: a ``poptorch.optim`` optimizer's ``variable_attrs`` decide (arguments
+    passed explicitly are variable); for a ``torch.optim`` one a value equal to its default is constant."""
+    variable_attrs = getattr(optimizer, "variable_attrs", None)
+    if variable_attrs is not None:
+        return variable_attrs.isConstant(name)
+    if name in ("alpha", "nesterov", "betas"):
+        return True
+    if name == "lr":
+        return False
+    if name == "loss_scaling":
+        return value == 1.0 and not auto_loss_scaling
+    reference = {"weight_decay": 1e-2 if kind == "adamw" else 0.0, "momentum": 0.0, "velocity_scaling": 1.0,
+                 "dampening": 0.0, "eps": 1e-08, "max_weight_norm": 65500.0}[name]
+    return value == reference
+
+
+def _accum_type(optimizer, name: str) -> torch.dtype:
+    dtype = getattr(optimizer, name, torch.float32)
+    if dtype not in _ACCUM_TYPES:
+        raise ValueError(f"{name} must be set to either torch.float16 or torch.float32 not {dtype}")
+    return dtype
+
+
+def optimizer_to_dict(optimizer: torch.optim.Optimizer, options, is_compiled: bool) -> Dict[str, Any]:
+    """What PopTorch sends PopART for ``optimizer`` (python/_optimizer_attributes.py,
+    ``convertOptimizerToDict``): the type, the global attributes (accumulation types, ``max_grad_norm``)
+    and every group variable as ``(value, is_const)``, with ``loss_scaling`` among the defaults.
+
+    An ``accum_type`` of float16 needs ``MeanReductionStrategy.Running``: before compilation PopTorch
+    switches the (frozen) options to it; afterwards it is a ValueError unless they already say so."""
+    kind = optimizer_kind(optimizer)
+    opt_type = _optimizer_type(optimizer, kind)
+    training = options.Training
+    if getattr(optimizer, "accum_type", torch.float32) == torch.float16 and \
+            not getattr(optimizer, "use_combined_accum", False):
+        from .enums import MeanReductionStrategy
+        if not is_compiled:
+            options._unfreeze()
+            training.setMeanAccumulationAndReplicationReductionStrategy(MeanReductionStrategy.Running)
+            options._freeze()
+        elif training.meanAccumulationAndReplicationReductionStrategy != MeanReductionStrategy.Running:
+            raise ValueError("Invalid optimizer: the new optimizer would require changing options.Training."
+                             "meanAccumulationAndReplicationReductionStrategy to poptorch.MeanReductionStrategy."
+                             "Running but the executable is already compiled.")
+    auto_ls = bool(options._Popart.options.get("automaticLossScalingSettings.enabled", False))
+    if auto_ls and getattr(optimizer, "variable_attrs", None) is not None:
+        optimizer.variable_attrs.markAsVariable("loss_scaling")  # automatic loss scaling needs it variable
+
+    def read(group: Dict[str, Any]) -> Dict[str, Tuple[Any, bool]]:
+        out = {}
+        for name in _GROUP_VARS[kind]:
+            value = group.get(name, _GROUP_DEFAULTS.get(name))
+            if value is None:
+                raise AssertError(f"Mandatory attribute {name} not found in optimizer group")
+            value = float(value) if isinstance(value, torch.Tensor) else value
+            const = _is_const(optimizer, name, value, kind, auto_ls)
+            if name == "betas":
+                out["beta1"], out["beta2"] = (float(value[0]), const), (float(value[1]), const)
+            else:
+                out[name] = (value, const)
+        return out
+
+    max_grad_norm = float(getattr(optimizer, "max_grad_norm", float("inf")))
+    if math.isnan(max_grad_norm):
+        raise Error("Maximum norm of gradients cannot be NaN")
+    loss_scaling = float(getattr(optimizer, "loss_scaling", 1.0))
+    defaults = read(optimizer.defaults)
+    defaults["loss_scaling"] = (loss_scaling, _is_const(optimizer, "loss_scaling", loss_scaling, kind, auto_ls))
+    attrs = {name: _accum_type(optimizer, name) for name in
+             ("accum_type", "first_order_momentum_accum_type", "second_order_momentum_accum_type",
+              "velocity_accum_type") if hasattr(optimizer, name)}
+    return {"optimizer_type": opt_type, "kind": kind, "max_grad_norm": max_grad_norm, **attrs,
+            "defaults": defaults, "groups": [read(g) for g in optimizer.param_groups]}
+
+
+def _popart_optimizer(desc: Dict[str, Any]) -> Tuple[str, str, str]:
+    """(PopART class, mode, weight decay mode) that ``CompilerImpl::getPopartOptimizer`` builds."""
+    t = desc["optimizer_type"]
+    if t in ("SGD1", "SGD2"):
+        return "SGD", "Combined" if t == "SGD1" else "Separate", "L2Regularization"
+    if t in ("RMSPROP", "RMSPROP_CENTERED"):
+        return "Adaptive", "CenteredRMSProp" if t == "RMSPROP_CENTERED" else "RMSProp", "L2Regularization"
+    mode = {"LAMB": "Lamb", "LAMB_NO_BIAS": "LambNoBias"}.get(t, "Adam")  # ADAMW_NO_BIAS: no branch
+    return "Adam", mode, "L2Regularization" if t == "ADAM" else "Decay"
+
+
+# PopART's optimizer values checked by validReplacement, in its order (adam.cpp, sgd.cpp, adaptive.cpp)
+_REPLACEMENT_VALUES = {
+    "Adam": (("learning rates", "lr"), ("weight decays", "weight_decay"), ("beta1s", "beta1"),
+             ("beta2s", "beta2"), ("eps", "eps"), ("mwn", "max_weight_norm")),
+    "SGD": (("learning rates", "lr"), ("weight decays", "weight_decay"), ("momentums", "momentum"),
+            ("velocity scalings", "velocity_scaling"), ("nesterov", "nesterov")),
+    "Adaptive": (("learning rates", "lr"), ("weight decays", "weight_decay"), ("alphas", "alpha"),
+                 ("momentums", "momentum"), ("eps", "eps")),
+}
+
+
+def _f32(value: Any) -> float:
+    return float(torch.tensor(float(value), dtype=torch.float64).to(torch.float32))
+
+
+def _value_problem(old: Tuple[Any, bool], new: Tuple[Any, bool]) -> Optional[str]:
+    """``OptimizerValue::validReplacement`` (graphcore/popart:willow/src/optimizervalue.cpp)."""
+    if old[1] != new[1]:
+        return "Can not replace a constant value with a non constant value."
+    if old[1] and _f32(old[0]) - _f32(new[0]) != 0.0:
+        return "Values are constant but do not match."
+    return None
+
+
+def check_replacement(old: Dict[str, Any], new: Dict[str, Any],
+                      group_weights: Callable[[], List[List[str]]]) -> None:
+    """PopART's ``Optimizer::validReplacement`` and its subclasses' (graphcore/popart:willow/src/
+    optimizer.cpp, adam.cpp, sgd.cpp, adaptive.cpp, optimizervaluemap.cpp), run by ``Ir::updateOptimizer``
+    when ``setOptimizer`` uploads a changed optimizer to a compiled executable: clipping, the optimizer
+    class and mode, and every constant value must stay as compiled. ``group_weights()[i]`` are the PopART
+    names of group ``i``'s weights (PopTorch gives every weight its group's values as a specific value),
+    asked for only to name an offending weight."""
+    def fail(message: str):
+        raise Error(message)
+
+    old_clip, new_clip = old["max_grad_norm"], new["max_grad_norm"]
+    if math.isinf(old_clip) != math.isinf(new_clip):
+        fail("Clip norm settings do not match.")
+    if not math.isinf(old_clip) and _f32(old_clip) != _f32(new_clip):
+        fail("Clip norm settings at index 0 do not match.")
+    (old_cls, old_mode, old_decay), (new_cls, new_mode, new_decay) = _popart_optimizer(old), _popart_optimizer(new)
+    if old_cls != new_cls:
+        fail(f"Can not replace optimizer of type {old_cls} with new optimizer of type {new_cls}")
+    if old_cls in ("Adam", "Adaptive") and old_mode != new_mode:
+        fail(f"{old_cls} modes do not match")
+    if old_decay != new_decay:
+        fail("Weight decay modes do not match")
+    problem = _value_problem(old["defaults"]["loss_scaling"], new["defaults"]["loss_scaling"])
+    if problem:
+        fail(f"Problem with loss scaling. {problem}")
+    for label, name in _REPLACEMENT_VALUES[old_cls]:
+        if name not in old["defaults"] and name not in new["defaults"]:
+            continue  # not an attribute of this PopTorch class: PopART's own default on both sides
+        missing = (None, True)
+        problem = _value_problem(old["defaults"].get(name, missing), new["defaults"].get(name, missing))
+        if problem:
+            fail(f"Problem with {label}. Default value is not a valid replacement. {problem}")
+        offending = []
+        for i, (g_old, g_new) in enumerate(zip(old["groups"], new["groups"])):
+            problem = _value_problem(g_old.get(name, missing), g_new.get(name, missing))
+            if problem:
+                offending += [(w, problem) for w in group_weights()[i]]
+        if offending:
+            weight, problem = min(offending)  # PopART walks its specifics in id order (a std::map)
+            fail(f"Problem with {label}. OptimizerValue for tensor {weight} is not a valid replacement."
+                 f"{problem}")
+    if old_cls == "SGD":
+        def velocity(d):  # SGD::validReplacement: hasVelocityTensor
+            value, const = d["defaults"]["momentum"]
+            return not const or value != 0.0
+        if velocity(old) != velocity(new):
+            fail("this does not require a velocity tensor, but other does.")
+
+
+# PopART optimizer state tensors of one weight: (prefix, torch's state name)
+def _state_tensor_names(desc: Dict[str, Any], h: Dict[str, Tuple[Any, bool]]) -> List[Tuple[str, str]]:
+    kind, t = desc["kind"], desc["optimizer_type"]
+    if kind in ("adam", "adamw", "lamb"):
+        names = [("Accl1___", "exp_avg"), ("Accl2___", "exp_avg_sq")]
+        return names if t == "LAMB_NO_BIAS" else names + [("Step___", "step")]
+    if kind == "sgd":
+        momentum, const = h["momentum"]
+        if const and momentum == 0.0:
+            return []  # SGD0: no velocity
+        return [("Accl___" if t == "SGD1" else "Accl1___", "momentum_buffer")]
+    names = [("Accl1___", "square_avg")]
+    if t == "RMSPROP_CENTERED":
+        names.append(("Accl2___", "grad_avg"))
+    momentum, const = h["momentum"]
+    if not const or momentum > 0:
+        names.append(("Accl3___", "momentum_buffer"))
+    return names
+
+
+def _hyper_tensors(desc: Dict[str, Any], weight: str, h: Dict[str, Tuple[Any, bool]],
+                   factors: Tuple[float, float]) -> Dict[str, float]:
+    """The non-constant optimizer tensors of one weight and their values (the compound scalars of
+    graphcore/popart:willow/include/popart/compoundscalarhelper.hpp; ``getScalarIdIfNonConst``: a constant
+    is folded into the graph and has no tensor). ``factors`` = (accumulation, replication) factors of
+    post-mean reduction."""
+    af, rf = factors
+    ls, ls_const = desc["defaults"]["loss_scaling"]
+    out: Dict[str, float] = {}
+
+    def add(prefix: str, value: float, *parts: Tuple[Any, bool]) -> None:
+        if not all(const for _, const in parts):
+            out[prefix + weight] = float(value)
+
+    ls_pair = (ls, ls_const)
+    if desc["kind"] in ("adam", "adamw", "lamb", "rmsprop"):
+        adam = desc["kind"] != "rmsprop"
+        add("learningRate___specific___", h["lr"][0], h["lr"])
+        add("weightDecay___specific___", h["weight_decay"][0], h["weight_decay"])
+        if adam:
+            add("adamBeta1___specific___", h["beta1"][0], h["beta1"])
+            add("adamBeta2___specific___", h["beta2"][0], h["beta2"])
+            add("adamEps___specific___", h["eps"][0], h["eps"])
+            if "max_weight_norm" in h:
+                add("maxWeightNorm___specific___", h["max_weight_norm"][0], h["max_weight_norm"])
+        else:
+            add("adaptiveMomentum___specific___", h["momentum"][0], h["momentum"])
+            add("adaptiveEps___specific___", h["eps"][0], h["eps"])
+        add("lossScaling___specific___", ls, ls_pair)
+        add(("adamGradientScaling___specific___" if adam else "adaptiveGradientScaling___specific___"),
+            1.0 / (ls * af * rf), ls_pair)
+        return out
+    # SGD: velocity scaling is the loss scaling in the separate variant (getPopartOptimizer's copyParam)
+    lr, wd, dm, mm = h["lr"], h["weight_decay"], h["dampening"], h["momentum"]
+    vs = ls_pair if desc["optimizer_type"] == "SGD2" else h["velocity_scaling"]
+    if mm[1] and mm[0] == 0.0:  # SGD0
+        add("scaledLearningRate0___specific___", lr[0] * (1 - dm[0]) / (ls * af * rf), lr, ls_pair, dm)
+        add("weightDecayScaleFactor0___specific___", 1 - lr[0] * (1 - dm[0]) * wd[0], wd, lr, dm)
+        return out
+    add("scaledWeightDecay1___specific___", (1 - dm[0]) * wd[0] * vs[0], dm, wd, vs)
+    if desc["optimizer_type"] == "SGD1":
+        add("scaledLearningRate1___specific___", lr[0] / (vs[0] * rf), lr, vs)
+        add("scaledMomentum1___specific___", mm[0] / rf, mm)
+        add("dampeningScaleFactor1___specific___", (1 - dm[0]) * vs[0] * rf / (ls * af), dm, vs, ls_pair)
+    else:
+        add("scaledLearningRate2___specific___", lr[0] / vs[0], lr, vs)
+        add("scaledMomentum2___specific___", mm[0], mm)
+        add("dampeningScaleFactor2___specific___", (1 - dm[0]) * vs[0] / (ls * af * rf), dm, vs, ls_pair)
+    return out
+
+
+class DeviceOptimizerState:
+    """The optimizer state of one executable: PopART's optimizer variables (zeros at compilation, updated
+    by every device iteration) and the host buffers of its optimizer (hyper-parameter) tensors.
+
+    ``by_param`` is what :func:`apply_update` updates (``id(param) -> {torch name: tensor}``);
+    :meth:`read` and :meth:`write` are ``poptorch_core.readOptimizerState`` / ``writeOptimizerState``
+    (python/poptorch.cpp; popart_compiler ``Compiler::optimizerTensorMetadataList``): ``ipu_state`` keyed
+    ``<prefix><weight name>``; ``ipu_param`` written into the host buffers only (PopART streams optimizer
+    tensors to the device when an optimizer is uploaded, ``TrainingSession::updateOptimizerFromHost``, so
+    the values in use stay those of the last ``setOptimizer``), and read back from them."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, snap: Dict[str, Any], desc: Dict[str, Any],
+                 model: torch.nn.Module, options) -> None:
+        names = weight_names(model)
+        params = {id(p): p for p in model.parameters()}
+        group_index = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        self.kind, self.desc = snap["kind"], desc
+        self.weights: List[Tuple[str, int, Optional[int]]] = []  # (name, id(param), group or None: defaults)
+        self.by_param: Dict[int, Dict[str, torch.Tensor]] = {}
+        for pid, name in names.items():
+            p = params.get(pid)
+            if p is None or not p.requires_grad:
+                continue
+            group = group_index.get(pid)
+            self.weights.append((name, pid, group))
+            h = snap["groups"][group] if group is not None else snap["defaults"]
+            self.by_param[pid] = _initial_state(self.kind, optimizer, p, h)
+        o = options.Training
+        from .enums import MeanReductionStrategy, ReductionType
+        post_mean = (o.accumulation_and_replication_reduction_type == ReductionType.Mean and
+                     o.meanAccumulationAndReplicationReductionStrategy == MeanReductionStrategy.Post)
+        replicas = options.replication_factor * options.Distributed.numProcesses
+        self.factors = (float(o.gradient_accumulation) if post_mean and o.gradient_accumulation > 1 else 1.0,
+                        float(replicas) if post_mean and replicas > 1 else 1.0)
+        self.params: Dict[str, torch.Tensor] = {}
+        self.upload(desc)
+
+    def _hyper_of(self, desc: Dict[str, Any], group: Optional[int]) -> Dict[str, Tuple[Any, bool]]:
+        return desc["groups"][group] if group is not None else desc["defaults"]
+
+    def upload(self, desc: Dict[str, Any]) -> None:
+        """``updateOptimizers``: the host buffers take the new optimizer's values."""
+        self.desc = desc
+        params: Dict[str, float] = {}
+        for name, _, group in self.weights:
+            params.update(_hyper_tensors(desc, name, self._hyper_of(desc, group), self.factors))
+        ls, const = desc["defaults"]["loss_scaling"]
+        if not const:
+            params["lossScaling_FLOAT"] = ls  # the loss scaling of the (float32) loss
+        self.params = {k: torch.tensor(v, dtype=torch.float32) for k, v in sorted(params.items())}
+
+    def _state_names(self):
+        for name, pid, group in self.weights:
+            for prefix, key in _state_tensor_names(self.desc, self._hyper_of(self.desc, group)):
+                yield prefix + name, pid, key
+
+    def read(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        """``readOptimizerState``: fresh host copies."""
+        state = {tid: self.by_param[pid][key].detach().clone() for tid, pid, key in self._state_names()
+                 if key in self.by_param[pid]}
+        return {"ipu_state": state, "ipu_param": {k: v.clone() for k, v in self.params.items()}}
+
+    @torch.no_grad()
+    def write(self, state_dict: Dict[str, Any]) -> None:
+        """``writeOptimizerState``: every tensor of the executable found in ``state_dict`` is copied in;
+        missing ones keep their values (with PopTorch's warning); unknown names are ignored."""
+        ipu_state, ipu_param = state_dict["ipu_state"], state_dict["ipu_param"]
+        for tid, pid, key in self._state_names():
+            if tid not in ipu_state:
+                logger.warning("writeOptimizerState: ignoring missing state %s", tid)
+                continue
+            value = ipu_state[tid]
+            current = self.by_param[pid].get(key)
+            if current is None:  # SGD's velocity before its first update
+                self.by_param[pid][key] = value.detach().clone()
+                continue
+            if tuple(value.shape) != tuple(current.shape) or value.dtype != current.dtype:
+                raise Error(f"writeOptimizerState: {tid} is {value.dtype} {list(value.shape)} but the executable's "
+                            f"is {current.dtype} {list(current.shape)}")
+            current.copy_(value)
+        for tid, current in self.params.items():
+            if tid not in ipu_param:
+                logger.warning("writeOptimizerState: ignoring missing parameter %s", tid)
+                continue
+            current.copy_(torch.as_tensor(ipu_param[tid], dtype=torch.float32).reshape(()))
 
 
 # ---- sizes, for the memory estimate -----------------------------------------------------------------------

@@ -216,7 +216,8 @@ def test_outputs_are_detached_and_inputs_must_keep_their_shapes():
     assert not loss.requires_grad
     with pytest.raises(RuntimeError):
         loss.backward()
-    with pytest.raises(poptorch.Error, match="compiled with"):
+    with pytest.raises(poptorch.Error, match=r"Shape mismatch for data: expected torch.Size\(\[1, 10\]\) but got "
+                                             r"torch.Size\(\[2, 10\]\)"):  # PopTorch's _args_parser.py wording
         pm(torch.randn(2, 10), torch.zeros(2, dtype=torch.long))
 
 
@@ -240,6 +241,10 @@ def test_wrapping_twice_needs_destroy_and_default_optimizer_is_sgd():
     with pytest.raises(RuntimeError, match="already been wrapped"):
         poptorch.trainingModel(model)
     poptorch.inferenceModel(model)  # allowed: shares the weights
+    pm.destroy()  # before compilation destroy() does nothing (PopTorch): the module stays wrapped
+    with pytest.raises(RuntimeError, match="already been wrapped"):
+        poptorch.trainingModel(model)
+    pm.compile(torch.randn(1, 10), torch.zeros(1, dtype=torch.long))
     pm.destroy()
     assert not pm.isCompiled()
     poptorch.trainingModel(model)
