@@ -57,6 +57,7 @@ def test_resume_of_a_directory_without_run_exits_2(tmp_path):
     assert r.returncode == 2 and "config.yaml" in r.stderr
 
 
+@pytest.mark.slow  # ~50 s: 200 steps twice; tests/faults kills and resumes shorter runs in the fast suite
 def test_kill_then_resume_matches_uninterrupted_run(tmp_path, cli_sets):
     cfgfile = ROOT / "configs/groupbert/tiny_phase1.yaml"
     common = cli_sets("train.max_steps=200", "train.checkpoint_every=10", "train.keep_checkpoints=2", "train.eval_every=0",
