@@ -15,6 +15,7 @@ import json
 import warnings
 from pathlib import Path
 
+import pytest
 import yaml
 
 from groupbert.experiments.sweep.__main__ import main as sweep_main
@@ -28,6 +29,7 @@ SMALL = ["data.seq_len=32", "data.max_predictions=5", "data.max_documents=8", "d
          "schedule.name=constant", "schedule.warmup_steps=0", "runtime.threads=1", "runtime.custom_ops=off"]
 
 
+@pytest.mark.slow  # ~15 s of real runs; test_sweep.py's hyperband test covers the rule in the fast suite
 def test_hyperband_stops_a_real_pretraining_run(tmp_path, tiny_overrides):
     command = ["${env}", "${interpreter}", "${program}", "--config", "configs/groupbert/tiny_phase1.yaml"]
     for s in [*tiny_overrides, *SMALL, f"data.cache_dir={tmp_path / 'cache'}"]:
