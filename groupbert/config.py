@@ -684,10 +684,16 @@ def _leaf_keys(tree: dict, prefix: str = ""):
             yield f"{prefix}{k}"
 
 
-def save_config(cfg: RunConfig, path: str | Path) -> None:
+def recorded_settings(cfg: RunConfig) -> dict:
+    """The settings as a run's ``config.yaml`` records them (``derived`` aside): what a resume compares with."""
     tree = cfg.to_dict()
     if cfg.schedule.warmup_steps is not None:   # the step count is what the run used: no second warmup key
         tree["schedule"]["warmup_fraction"] = None
+    return tree
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    tree = recorded_settings(cfg)
     tree["derived"] = cfg.derived()
     Path(path).write_text(yaml.safe_dump(tree, sort_keys=False))
 

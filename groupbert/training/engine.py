@@ -404,13 +404,14 @@ class _Window:
     def add(self, sums: Sums, seconds: float, rows: int, seq_len: int) -> tuple[float, int]:
         """``rows`` of ``seq_len`` tokens went through the model; samples/s counts sequences (several per
         packed row, from the task's sums) and tokens/s the row tokens computed on. Returns (samples, tokens)."""
+        sequences = self.task.sequences(sums)
+        samples, tokens = (rows if sequences is None else sequences), rows * seq_len
         self.sums += sums
         self.seconds += seconds
-        sequences = self.task.sequences(sums)
-        self.samples += rows if sequences is None else sequences
-        self.tokens += rows * seq_len
+        self.samples += samples
+        self.tokens += tokens
         self.last_loss = sums["loss"] / max(sums.micro, 1)
-        return (rows if sequences is None else sequences), rows * seq_len
+        return samples, tokens
 
     def flush(self) -> dict:
         rec = {**self.task.train_record(self.sums),

@@ -24,7 +24,7 @@ from typing import Optional
 
 import yaml
 
-from groupbert.config import ConfigError, RunConfig
+from groupbert.config import ConfigError, RunConfig, recorded_settings
 from groupbert.training import checkpoint as ckpt_io
 
 logger = logging.getLogger(__name__)
@@ -97,14 +97,6 @@ def open_run(run_dir: Path, resume: bool, cfg: RunConfig, is_main: bool
         if lock is not None:
             lock.release()
         raise
-
-
-def recorded_settings(cfg: RunConfig) -> dict:
-    """The settings as ``config.yaml`` records them (the warmup the run used as a step count only)."""
-    tree = cfg.to_dict()
-    if cfg.schedule.warmup_steps is not None:
-        tree["schedule"]["warmup_fraction"] = None
-    return tree
 
 
 def check_unchanged(config_yaml: Path, cfg: RunConfig) -> None:
