@@ -1,8 +1,8 @@
 """DDP scaling on this machine: ``run_pretraining.py`` on 1 process vs ``torchrun`` with 2 gloo processes.
 
 Same config and global batch in every case (tiny GroupBERT, H128 L2, seq 128, 4 micro-batches of 16 per
-step); the figure is the training samples/s the run logs itself (``metrics.jsonl``), median over the
-logging windows after the first (which holds start-up and the first steps). Cases, with the cores split
+step); the figure is the training sequences/s the run logs itself (``seq_per_s`` in ``metrics.jsonl``),
+median over the logging windows after the first (which holds start-up and the first steps). Cases, with the cores split
 so no case oversubscribes them: 1 process x 1 thread, 1 process x N threads, N processes x 1 thread.
 On a 2-core machine the 2-process case can at best match 1 process using both cores through intra-op
 threads; what DDP adds is the gradient all-reduce and the per-process Python overhead.
@@ -68,7 +68,7 @@ def run_case(args, nproc: int, threads: int, workdir: Path, cache: Path) -> dict
         raise RuntimeError(f"{nproc} process(es) failed:\n{done.stderr[-3000:]}")
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r["kind"] == "train"]
-    rates = [r["samples_per_s"] for r in train[1:]]
+    rates = [r["seq_per_s"] for r in train[1:]]
     return {"processes": nproc, "threads_per_process": threads, "samples_per_s": statistics.median(rates),
             "windows": len(rates), "final_loss": train[-1]["loss"]}
 

@@ -21,10 +21,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import RESULTS, load_average, median, parse_args, time_rounds, write_results  # noqa: E402
+from common import (RESULTS, device_peak, load_average, median, parse_args, time_rounds,  # noqa: E402
+                    write_results)
 
 from groupbert.config import ModelConfig  # noqa: E402
 from groupbert.models import build_model  # noqa: E402
+from groupbert.models.flops import forward_flops  # noqa: E402
 from groupbert.training.precision import LossScaler, autocast_context  # noqa: E402
 
 SIZES = {"mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
@@ -44,11 +46,13 @@ def batch(B, T, P, vocab, device, seed=0):
 
 
 class Stepper:
-    def __init__(self, precision, cfg, data, device):
+    def __init__(self, precision, cfg, data, device, compile=False):
         from optimizers import AdamW
         torch.manual_seed(0)
         self.precision, self.data = precision, data
         self.model = build_model(cfg).to(device).train()
+        if compile:
+            self.model.compile()
         self.opt = AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
         self.autocast = autocast_context(precision, device)
         self.scaler = LossScaler(device, enabled=precision == "fp16")
@@ -76,6 +80,7 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (runtime.compile)")
     args = parse_args(p, default_output=RESULTS / "precision.json",
                       smoke=dict(size="tiny", batch_size=2, seq_len=32, vocab_size=1024, repeats=1, warmup=0))
     if args.threads:
@@ -84,21 +89,29 @@ def main():
     cfg = ModelConfig(type="groupbert", vocab_size=args.vocab_size, max_positions=512, hidden_dropout=0.0,
                       attention_dropout=0.0, **SIZES[args.size])
     data = batch(args.batch_size, args.seq_len, 20, cfg.vocab_size, device)
-    steppers = [Stepper(pr, cfg, data, device) for pr in args.precisions.split(",")]
+    steppers = [Stepper(pr, cfg, data, device, args.compile) for pr in args.precisions.split(",")]
     load = [load_average()[0]]
     times = time_rounds({s.precision: s.step for s in steppers}, args.repeats, args.warmup)
     load.append(load_average()[0])
     base = median(times[steppers[0].precision])
-    rows = [{"precision": s.precision, "median_step_s": median(times[s.precision]),
-             "speedup_vs_first": base / median(times[s.precision]), "losses": s.losses[args.warmup:]}
-            for s in steppers]
-    print(f"GroupBERT {args.size}, batch {args.batch_size} x {args.seq_len}, {device}, {torch.get_num_threads()} threads")
+    flops = 3 * forward_flops(cfg, args.batch_size, args.seq_len, 20)
+    rows = []
+    for s in steppers:
+        med = median(times[s.precision])
+        peak = device_peak(args.device, s.precision if s.precision == "bf16" else "fp32")  # fp16 on CPU: fp32 rate
+        rows.append({"precision": s.precision, "median_step_s": med, "speedup_vs_first": base / med,
+                     "tflops": flops / med / 1e12, "mfu": flops / med / peak.flops_per_s if peak.flops_per_s else None,
+                     "peak_source": peak.source, "losses": s.losses[args.warmup:]})
+    print(f"GroupBERT {args.size}, batch {args.batch_size} x {args.seq_len}, {device}, {torch.get_num_threads()} threads"
+          f"{', compiled' if args.compile else ''}")
     for r in rows:
+        mfu = f"MFU {100 * r['mfu']:.1f}% of {r['peak_source']}" if r["mfu"] is not None else ""
         print(f"{r['precision']:<5} {r['median_step_s']:.3f} s/step  x{r['speedup_vs_first']:.2f}  "
-              f"last loss {r['losses'][-1]:.4f}")
+              f"last loss {r['losses'][-1]:.4f}  {r['tflops']:.3f} TFLOPS  {mfu}")
     write_results({"benchmark": "precision", "device": str(device), "size": args.size,
                    "batch_size": args.batch_size, "seq_len": args.seq_len, "threads": torch.get_num_threads(),
                    "repeats": args.repeats, "warmup": args.warmup, "load_average_1min_before_after": load,
+                   "compiled": args.compile, "model_flops_per_step": flops,
                    "results": rows}, args.output, smoke=args.smoke)
 
 

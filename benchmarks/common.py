@@ -81,6 +81,34 @@ def cpu_name() -> str:
     return f"{name} ({isa})"
 
 
+# the instruction-set extensions that decide matmul speed (fp32 vectors, bf16/fp16 dot products, AMX tiles)
+ML_FLAGS = ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+            "amx_int8", "amx_fp16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`ML_FLAGS` this CPU has (from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((x for x in f if x.startswith("flags")), "")
+    except OSError:
+        return []
+    present = set(line.split(":", 1)[-1].split())
+    return [flag for flag in ML_FLAGS if flag in present]
+
+
+def device_peak(device: str, precision: str = "fp32"):
+    """One device's peak matmul rate for ``precision`` (``groupbert.training.hardware``), for MFU columns."""
+    import torch
+
+    from groupbert.training import hardware
+
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    if torch.device(device).type == "cuda":
+        return hardware.cuda_peak(torch.device(device), "bf16" if dtype else "fp32")
+    return hardware.cpu_peak("bf16" if dtype else "fp32")
+
+
 def load_average() -> list[float]:
     """1-, 5- and 15-minute load averages: figures taken while other jobs share the cores are not worth quoting."""
     try:
@@ -104,7 +132,7 @@ def git_commit() -> tuple[str | None, bool | None]:
 def machine() -> dict:
     """The fields every result carries: CPU, cores, versions, threads, commit, load at the end of the run."""
     commit, dirty = git_commit()
-    info = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+    info = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(), "python": platform.python_version()}
     torch = sys.modules.get("torch")
     if torch is not None:

@@ -122,6 +122,11 @@ def grouped_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     return grouped_conv1d_reference(input, weight, bias, groups)
 
 
+# torch.compile: dynamo does not trace this function; it calls it once while tracing and uses the answer as a
+# constant. Traced, the first call (loading the library, torch.library.register_fake) would break the graph
+# and recompile; this way the op is one opaque node of a single graph. A compiled model keeps the choice made
+# when it was traced (set the custom-ops mode before compiling).
+@torch.compiler.assume_constant_result
 def ops_ready() -> bool:
     """True if ``torch.ops.groupbert.grouped_conv1d`` is loaded, enabled and registered (building the
     library on first use; ``GROUPBERT_CUSTOM_OPS=on`` raises instead of returning False)."""

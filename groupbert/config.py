@@ -215,13 +215,20 @@ class LoggingConfig:
 class RuntimeConfig:
     backend: str = _f("auto", choices=("auto", "cpu", "cuda", "ipu", "ipu-model"))
     threads: Optional[int] = _f(None, ge=0, le=MAX_THREADS)  # torch intra-op threads; None or 0: torch's default
-    precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"))  # auto: bf16 autocast on CUDA, fp32 on CPU; fp16 adds loss scaling
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"))  # auto: bf16 where the hardware has native bf16 (CUDA, CPUs with AMX/AVX512-BF16), else fp32; fp16 adds loss scaling
     loss_scale: Union[float, str] = "dynamic"    # fp16: a fixed scale, or "dynamic" (halve + skip on inf/NaN, grow when stable)
     loss_scale_init: float = _f(2.0 ** 16, gt=0.0)  # dynamic: first scale (torch GradScaler's default)
     loss_scale_growth_interval: int = _f(2000, gt=0)  # dynamic: good steps in a row before the scale doubles
     # C++ kernels (custom_ops/): auto = use them where built, on = required, off = PyTorch reference.
     # The environment variable GROUPBERT_CUSTOM_OPS, when set, wins (it is how CI forces the fallback).
     custom_ops: str = _f("auto", choices=("auto", "on", "off"))
+    # torch.compile the model (nn.Module.compile, in place: same parameters, checkpoints and exports) on
+    # CPU/CUDA; the first steps and the first evaluation are slower (they include the compilation). Not on
+    # the IPU backends, where PopTorch compiles the graph itself.
+    compile: bool = False
+    # Peak TFLOPS of one device (GPU, IPU, or this process's CPU share) for MFU; None: the table in
+    # groupbert/training/hardware.py (an unknown GPU then has mfu null).
+    peak_tflops: Optional[float] = _f(None, gt=0.0)
 
     @property
     def on_ipu(self) -> bool:

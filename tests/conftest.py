@@ -70,12 +70,14 @@ def tiny_model_overrides():
 # two heads with a 2H feed-forward (the size the run tests' thresholds and timings were set with); the
 # runs tokenise with the bundled WordPiece vocabulary (ModelConfig's default vocab_size, 30522) and keep
 # the default 512 positions (phase 2 lengthens data.seq_len), so those two keys are not set here.
+# Precision is pinned to fp32: ``runtime.precision: auto`` picks bf16 on CPUs with AVX512-BF16 or AMX, and
+# the runs' thresholds and exact-equality checks are fp32's (a test about precision sets its own).
 TINY_RUN_MODEL = dict(hidden_size=TINY_MODEL["hidden_size"], num_layers=1, num_heads=2, intermediate_size=64)
 TINY_RUN = [f"model.{k}={v}" for k, v in TINY_RUN_MODEL.items()] + [
     "data.seq_len=64", "data.max_predictions=10", "data.max_documents=6", "data.validation_fraction=0.2",
     "train.micro_batch_size=8", "train.eval_batches=2",
     "logging.log_every=1", "logging.progress_bar=false", "logging.wandb.mode=disabled",
-    "runtime.threads=2"]
+    "runtime.threads=2", "runtime.precision=fp32"]
 
 
 @pytest.fixture(scope="session")

@@ -24,11 +24,11 @@ Memory per IPU (bytes; MB below means 1e6 bytes, the unit of the 900 MB figure):
   activations while that layer is recomputed; without it, every layer's full activations are stashed;
 - code and exchange: a fixed ``CODE_AND_EXCHANGE_FRACTION`` of the IPU's memory (see the constant).
 
-Throughput: per-stage matmul FLOPs (equal to ``torch.utils.flop_counter`` on the real modules),
-training = 3 x forward (+1 forward of the layers when recomputing), at ``SUSTAINED_EFFICIENCY`` x peak;
-a pipeline cycle costs the busiest IPU's compute plus the inter-IPU activation/gradient copies over
-IPU-Link; a step is ``GA + stages - 1`` cycles (ramp-up/ramp-down bubble), plus the gradient all-reduce
-over replicas and the optimizer update.
+Throughput: per-stage matmul FLOPs (``groupbert.models.flops``, equal to ``torch.utils.flop_counter`` on
+the real modules), training = 3 x forward (+1 forward of the layers when recomputing), at
+``SUSTAINED_EFFICIENCY`` x peak; a pipeline cycle costs the busiest IPU's compute plus the inter-IPU
+activation/gradient copies over IPU-Link; a step is ``GA + stages - 1`` cycles (ramp-up/ramp-down bubble),
+plus the gradient all-reduce over replicas and the optimizer update.
 
 Command: ``python -m groupbert.ipu.planner --config configs/groupbert/base_phase1.yaml [--set k=v ...]``
 prints the per-IPU table and the throughput; exit code 2 on a bad config or an IPU out of memory.
@@ -45,6 +45,7 @@ from typing import Optional
 
 from groupbert.config import ConfigError, ModelConfig, RunConfig, load_config
 from groupbert.errors import BadInput
+from groupbert.models.flops import heads_forward_flops, layer_forward_flops  # the analytic FLOP counts
 
 # ----------------------------------------------------------------------------------------------
 # Hardware figures: Graphcore GC200 (Mk2 IPU) / IPU-M2000 public datasheet numbers.
@@ -265,23 +266,6 @@ def _parameter_groups(key: tuple) -> dict:
 def parameter_groups(model_cfg: ModelConfig) -> dict:
     """Exact parameter counts: ``embeddings``, layer index ``i``, ``final_norm`` (GroupBERT), ``heads``."""
     return dict(_parameter_groups(_model_key(model_cfg)))
-
-
-def layer_forward_flops(m: ModelConfig, b: int, T: int) -> float:
-    """Matmul/conv FLOPs (2 per multiply-add) of one encoder layer's forward on b x T tokens."""
-    N, H, I = b * T, m.hidden_size, m.intermediate_size
-    attention = N * (8 * H * H + 4 * T * H)         # q, k, v, output projections; QK^T and PV
-    if m.type == "bert":
-        return attention + N * 4 * H * I            # FFN H->I->H
-    conv = N * (6 * H * H + 2 * H * m.conv_kernel_size * m.conv_group_size)  # GLU H->2H, grouped conv, H->H
-    gffn = N * (2 * H * I + 2 * I * H // m.ffn_groups + 2 * H * H)           # H->I, grouped I->H, mixer
-    return conv + 2 * gffn + attention
-
-
-def heads_forward_flops(m: ModelConfig, b: int, P: int) -> float:
-    """Pooler, MLM transform and vocabulary projection at the P masked positions, NSP."""
-    H, V = m.hidden_size, m.vocab_size
-    return 2 * b * (H * H + 2 * H) + 2 * b * P * (H * H + H * V)
 
 
 def layer_activation_elements(m: ModelConfig, b: int, T: int) -> float:

@@ -44,6 +44,9 @@ def check_run_config(cfg: RunConfig) -> None:
     if cfg.runtime.precision == "fp16":
         fail("runtime.precision", "fp16 with loss scaling is the host path's (CPU/CUDA); on the IPU backends "
              "use ipu.half and ipu.loss_scaling")
+    if cfg.runtime.compile:
+        fail("runtime.compile", "true is for the host path (CPU/CUDA): on the IPU backends PopTorch compiles the "
+             "graph itself; set runtime.compile=false")
 
 
 def check_total_steps(cfg: RunConfig, total_steps: int) -> None:

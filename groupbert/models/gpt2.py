@@ -190,12 +190,18 @@ class GPT2Model(nn.Module):
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token CE: position t predicts ``labels[:, t + 1]`` (HF: pass ``labels = input_ids``), -100 ignored."""
-    shift_logits = logits[:, :-1, :]  # B, T-1, V
-    shift_labels = labels[:, 1:].reshape(-1)  # B*(T-1)
-    total = F.cross_entropy(shift_logits.reshape(shift_labels.numel(), -1).float(), shift_labels,
+    """Next-token CE: position t predicts ``labels[:, t + 1]`` (HF: pass ``labels = input_ids``), -100 ignored.
+
+    The labels are shifted, not the logits (the last position gets -100, as HF's ``ForCausalLMLoss``):
+    slicing ``logits[:, :-1]`` would copy the [B, T, V] logits forward and zero-fill and copy them again
+    in backward, the largest tensors of the step.
+    """
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)  # B*T
+    # fp32 at least (bf16/fp16 logits under autocast), float64 kept
+    logits = logits.reshape(targets.numel(), -1).to(torch.promote_types(logits.dtype, torch.float32))
+    total = F.cross_entropy(logits, targets,
                             ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 class GPT2LMHeadModel(nn.Module):

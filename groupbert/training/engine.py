@@ -4,7 +4,8 @@
 atomic ``checkpoints/step-N/``), the starting weights (``train.init_checkpoint``) or the checkpoint it
 resumes from, the optimizer and schedule, the step on the host or the IPU (``steppers``), evaluation
 every ``train.eval_every`` steps (and at the start and the end) with the best checkpoint kept, progress
-with throughput (``training.progress``: a bar, or INFO lines with an ETA), the end record (``finished`` |
+with throughput (``training.progress``: a bar, or INFO lines with an ETA; sequences/s, tokens/s, model
+TFLOPS and MFU in every train record, ``training.throughput``), the end record (``finished`` |
 ``diverged`` | ``stopped`` | ``failed``) and an end-of-run summary in the log. A task (``training.task``)
 says what a batch holds, what to add up, how to evaluate and what to write at the end; a job's set-up
 function assembles its data, model and task (:class:`Job`). :func:`evaluate` runs the same task's
@@ -43,10 +44,11 @@ from groupbert.training.precision import build_loss_scaler
 from groupbert.training.progress import Progress, log_summary, resolved_backend
 from groupbert.training.run_log import NullRunLog, RunLog, check_tensorboard
 from groupbert.training.run_dir import open_run
-from groupbert.training.runtime import Runtime, setup_runtime
+from groupbert.training.runtime import Runtime, compile_model, setup_runtime
 from groupbert.training.stop import StopRequest
 from groupbert.training.steppers import HostStepper, IPUStepper
 from groupbert.training.task import Sums, Task
+from groupbert.training.throughput import RunRate, run_rate
 from optimizers import build_schedule
 from optimizers.update_metrics import UpdateMetrics
 
@@ -106,6 +108,7 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
         job.run_record["init_checkpoint"] = initialize(model, cfg.train.init_checkpoint, vocab)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     model.to(runtime.device).train()
+    compile_model(model, cfg)  # runtime.compile, in place: --resume loads into it, DDP wraps it as the eager one
 
     scaler = build_loss_scaler(cfg.runtime, runtime.device)
     if runtime.on_ipu:
@@ -136,6 +139,7 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
     stepper.start(schedule)
 
     backend = resolved_backend(cfg, runtime.device)  # what runs (runtime.backend may say auto)
+    rate = run_rate(cfg, task, runtime, batches.dataset)  # FLOPs per token and the devices' peak, for MFU
     if dist.is_main:  # rank 0 writes the run directory
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -147,10 +151,11 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
                      "device": str(runtime.device), "backend": backend, "world_size": dist.world_size,
                      "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
                      "total_steps": job.total_steps, "warmup_steps": warmup_steps, "train_rows": len(batches.dataset),
-                     **job.run_record})
+                     **rate.run_record(), **job.run_record})
     logger.info("%s: %s %.2fM parameters on %s; %d steps of %d rows x %d tokens", task.name, cfg.model.type,
                 n_params / 1e6, "IPUs" if runtime.on_ipu else runtime.device, job.total_steps, cfg.global_batch_size,
                 cfg.data.seq_len)
+    logger.info("%s", rate.describe())
 
     def save(at_step: int, final: bool = False) -> None:
         """``final``: the end-of-run evaluation is done (a resume from it has nothing left to do)."""
@@ -194,7 +199,7 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
         return True
 
     last_eval, saved_step, status, error = None, None, "failed", None
-    window = _Window(task)
+    window = _Window(task, rate)
     stop = StopRequest(dist)
     bar = None
     try:
@@ -204,7 +209,7 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
             return _saved_results(run_dir) if dist.is_main else {}
         if step == 0 and cfg.train.eval_at_start:
             last_eval = run_eval(0)
-        bar = Progress(cfg, task.name, job.total_steps, step, enabled=dist.is_main)  # bar or periodic lines
+        bar = Progress(cfg, task.name, job.total_steps, step, enabled=dist.is_main, rate=rate)  # bar or lines
         while step < job.total_steps:
             t0 = time.perf_counter()
             result = stepper.run(batches, step)
@@ -220,8 +225,7 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
                           "grad_norm": result.grad_norm, "epoch": batches.epoch + batches.batch / len(batches),
                           **result.precision_record}
                 run_log.log(record)
-                bar.set_postfix({**{k: f"{record[k]:.3f}" for k in task.progress_keys},
-                                 "seq_s": f"{record['samples_per_s']:.1f}"})
+                bar.set_postfix({**{k: f"{record[k]:.3f}" for k in task.progress_keys}, **_rate_postfix(record)})
             bar.update(stepper.steps_per_call, samples, tokens)
             better = False
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != job.total_steps:
@@ -275,7 +279,8 @@ def _train(cfg: RunConfig, run_dir: Path, runtime: Runtime, resume_ckpt: Optiona
             run_log.log_checkpoints()
             _log_summary(run_dir, status, step, job.total_steps, first_step=first_step,
                          seconds=time.monotonic() - started, metric=task.best[0], last_eval=last_eval, best=best,
-                         describe=task.describe_eval, error=error, eval_every=cfg.train.eval_every)
+                         describe=task.describe_eval, error=error, eval_every=cfg.train.eval_every,
+                         throughput=window.mean_rates() if step > first_step else None)
         run_log.close(0 if status == "finished" else 1)
         cleanup(dist, status == "finished")
 
@@ -289,6 +294,7 @@ def evaluate(cfg: RunConfig, checkpoint, output_dir, setup: Callable[[RunConfig,
     _check_resumable(ckpt, cfg, job.task, job.checkpoint_state.get("vocab_sha256"))
     ckpt_io.load_model_weights(job.model, ckpt)
     job.model.to(runtime.device)
+    compile_model(job.model, cfg)
     record = _evaluate(job.task, job.model, runtime)
     if record is None:
         raise ConfigError("the task has no evaluation data to evaluate on", key="data.validation_fraction")
@@ -389,13 +395,22 @@ def _git_commit() -> Optional[str]:
         return None
 
 
-class _Window:
-    """Running sums between two training records."""
+def _rate_postfix(record: dict) -> dict:
+    """The progress bar's throughput: sequences/s, tokens/s and MFU (when the peak is known)."""
+    out = {"seq/s": f"{record['seq_per_s']:.1f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
+    if record.get("mfu") is not None:
+        out["mfu"] = f"{100 * record['mfu']:.1f}%"
+    return out
 
-    def __init__(self, task: Task):
-        self.task = task
+
+class _Window:
+    """Running sums between two training records, and the totals of the run's training steps."""
+
+    def __init__(self, task: Task, rate: RunRate):
+        self.task, self.rate = task, rate
         self.reset()
         self.last_loss = 0.0
+        self.total_seconds = self.total_samples = self.total_tokens = 0.0
 
     def reset(self):
         self.sums = Sums(self.task.sum_names)
@@ -410,12 +425,19 @@ class _Window:
         self.seconds += seconds
         self.samples += samples
         self.tokens += tokens
+        self.total_seconds += seconds
+        self.total_samples += samples
+        self.total_tokens += tokens
         self.last_loss = sums["loss"] / max(sums.micro, 1)
         return samples, tokens
 
     def flush(self) -> dict:
-        rec = {**self.task.train_record(self.sums),
-               "samples_per_s": self.samples / max(self.seconds, 1e-9),
-               "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
+        """The train record's metrics and throughput (``seq_per_s``, ``tokens_per_s``, ``tflops``, ``mfu``)
+        over the window's step time (evaluation and checkpoints excluded)."""
+        rec = {**self.task.train_record(self.sums), **self.rate.rates(self.samples, self.tokens, self.seconds)}
         self.reset()
         return rec
+
+    def mean_rates(self) -> dict:
+        """Throughput over all training steps of this process's run (for the end-of-run summary)."""
+        return self.rate.rates(self.total_samples, self.total_tokens, self.total_seconds)

@@ -12,7 +12,12 @@
   ``runtime.loss_scale_growth_interval`` good steps in a row (torch's GradScaler rule, as NVIDIA Apex
   and Megatron). A step with an inf/NaN gradient is skipped with either kind of scale, so an overflow is
   never applied to the weights; skipped steps are counted and logged (``skipped_steps``, ``loss_scale``).
-- ``auto``: bf16 on CUDA, fp32 on CPU.
+- ``auto``: bf16 where the hardware computes it natively, else fp32 (:func:`resolve_precision`, logged
+  once at set-up with the reason): a CUDA GPU with native bf16 (``torch.cuda.is_bf16_supported(
+  including_emulation=False)``: Ampere and newer), a CPU with AMX or AVX512-BF16 (``/proc/cpuinfo`` flags
+  ``amx_bf16`` / ``avx512_bf16``: Intel Cooper Lake and Sapphire Rapids onwards, AMD Zen 4 onwards).
+  Elsewhere bf16 is emulated (older GPUs convert, older CPUs convert in software), slower than fp32, so
+  ``auto`` keeps fp32. The IPU backends' host model stays fp32 (the IPU has its own ``ipu.half``).
 
 Weights, gradients and optimizer state stay fp32 (autocast casts copies for the matmuls), so the
 optimizer updates fp32 master weights. The scaling itself is ``torch.amp.GradScaler``, which works with
@@ -27,22 +32,57 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from groupbert.training.hardware import cpu_features, native_bf16
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """``runtime.precision`` resolved for a device: ``name`` fp32 | bf16 | fp16, and why (for ``auto``)."""
+    name: str
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype (None: fp32, no autocast)."""
+        return DTYPES.get(self.name)
+
+
+def resolve_precision(precision: str, device: torch.device, on_ipu: bool = False) -> Precision:
+    """``fp32`` / ``bf16`` / ``fp16`` as given; ``auto`` by the hardware (module docstring)."""
+    if precision != "auto":
+        return Precision(precision, f"runtime.precision: {precision}")
+    if on_ipu:
+        return Precision("fp32", "IPU backend: the host model stays fp32, the IPU's precision is ipu.half")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return Precision("bf16", "CUDA device has native bf16")
+        return Precision("fp32", "CUDA device has no native bf16 (before Ampere)")
+    if device.type == "cpu":
+        native = native_bf16(cpu_features())
+        if native:
+            return Precision("bf16", f"CPU has {native}")
+        return Precision("fp32", "CPU has no native bf16: no AVX512-BF16 or AMX")
+    return Precision("fp32", f"no bf16 rule for {device.type} devices")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``runtime.precision`` on ``device`` (None: fp32, no autocast)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return DTYPES.get(precision)
+    return resolve_precision(precision, device).dtype
 
 
 def autocast_context(precision: str, device: torch.device) -> Callable:
-    dtype = autocast_dtype(precision, device)
+    return autocast_for(autocast_dtype(precision, device), device)
+
+
+def autocast_for(dtype: torch.dtype | None, device: torch.device) -> Callable:
+    """A factory of autocast contexts for ``dtype`` on ``device`` (None: a no-op context)."""
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype)

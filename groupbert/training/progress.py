@@ -1,12 +1,15 @@
 """What a person reads while a run trains and when it ends (the records themselves are ``run_log``'s).
 
-- :class:`Progress`: with ``logging.progress_bar`` a tqdm bar over the steps, and while it is open every log
+- :class:`Progress`: with ``logging.progress_bar`` a tqdm bar over the steps (the engine puts the losses,
+  ``seq/s``, ``tok/s`` and ``mfu`` of the latest train record beside it), and while it is open every log
   line goes through ``tqdm.write`` (``logging_redirect_tqdm``), so lines and bar never share a terminal
   row; without the bar, an INFO line every ``logging.progress_every_s`` seconds with the step, the percent
-  done, samples/s and tokens/s since the previous line and the ETA (both over wall time, evaluations and
-  checkpoints included). ``--quiet`` (warnings only) shows neither.
-- :func:`log_summary`: the end of a run in a few INFO lines: how it ended, steps and wall time, the final
-  and the best evaluation, where the checkpoints are, and the export command.
+  done, samples/s, tokens/s and MFU since the previous line and the ETA (all over wall time, evaluations
+  and checkpoints included, so MFU here is lower than the train records', which time the steps only).
+  ``--quiet`` (warnings only) shows neither.
+- :func:`log_summary`: the end of a run in a few INFO lines: how it ended, steps and wall time, the mean
+  training throughput and MFU, the final and the best evaluation, where the checkpoints are, and the
+  export command.
 - :func:`resolved_backend`: the backend that ran (``auto`` resolved), for W&B's tag.
 """
 from __future__ import annotations
@@ -46,8 +49,9 @@ class Progress:
     """The bar, or periodic progress lines, over steps ``initial..total``; :meth:`close` is idempotent (the
     engine calls it on every way out, so log lines are never left redirected)."""
 
-    def __init__(self, cfg: RunConfig, desc: str, total: int, initial: int, enabled: bool):
-        self.total, self.step = total, initial
+    def __init__(self, cfg: RunConfig, desc: str, total: int, initial: int, enabled: bool, rate=None):
+        """``rate``: the run's ``throughput.RunRate`` (MFU in the progress lines), or None."""
+        self.total, self.step, self.rate = total, initial, rate
         self.bar_on = bool(enabled and cfg.logging.progress_bar)
         self.lines_on = bool(enabled and not cfg.logging.progress_bar)
         self.every_s = cfg.logging.progress_every_s
@@ -80,9 +84,10 @@ class Progress:
         window = max(now - self._last_t, 1e-9)
         per_step = (now - self._start_t) / max(self.step - self._start_step, 1)
         eta = per_step * max(self.total - self.step, 0)
-        logger.info("step %d/%d (%.0f%%), %.1f samples/s, %.0f tokens/s, ETA %s", self.step, self.total,
+        mfu = self.rate.mfu(self._tokens, window) if self.rate is not None else None
+        logger.info("step %d/%d (%.0f%%), %.1f samples/s, %.0f tokens/s, %sETA %s", self.step, self.total,
                     100.0 * self.step / max(self.total, 1), self._samples / window, self._tokens / window,
-                    format_duration(eta))
+                    "" if mfu is None else f"MFU {100 * mfu:.1f}%, ", format_duration(eta))
         self._last_t, self._samples, self._tokens = now, 0.0, 0.0
 
     def close(self) -> None:
@@ -104,15 +109,21 @@ def _pointer(root: Path, name: str) -> Optional[Path]:
 
 def log_summary(run_dir: Path, status: str, step: int, total_steps: int, *, first_step: int, seconds: float,
                 metric: str, last_eval: Optional[dict], best: Optional[dict], describe=None,
-                error: Optional[str] = None, eval_every: int = 0) -> None:
+                error: Optional[str] = None, eval_every: int = 0, throughput: Optional[dict] = None) -> None:
     """The end of a run as INFO lines, one per fact (``--quiet`` hides them; an error is on stderr then).
     ``metric``: the task's best-checkpoint key (``eval_loss``, ``eval_f1``); ``describe(record)``: the task's
-    one-line description of an evaluation."""
+    one-line description of an evaluation; ``throughput``: the mean ``seq_per_s``, ``tokens_per_s`` and
+    ``mfu`` over the training steps (``throughput.RunRate.rates``)."""
     run_dir = Path(run_dir)
     lines = [f"run {status}: {run_dir}, step {step} of {total_steps}; {format_duration(seconds)} wall"
              + (f" (resumed at step {first_step})" if first_step else "")]
     if error:
         lines.append(f"  error: {error}")
+    if throughput:
+        mfu = throughput.get("mfu")
+        lines.append(f"  training throughput: {throughput['seq_per_s']:.1f} sequences/s, "
+                     f"{throughput['tokens_per_s']:.0f} tokens/s" + ("" if mfu is None else f", MFU {100 * mfu:.1f}%")
+                     + " (mean over the steps)")
     if last_eval and last_eval.get(metric) is not None:
         text = describe(last_eval) if describe else ""
         lines.append(f"  final evaluation (step {last_eval.get('step')}): {metric} {last_eval[metric]:.5g}"

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # Keys a resume may change: where and how often the run logs, saves and evaluates, how fast a step
 # computes, and train.max_steps ("train longer": the schedule is recomputed for the new length from the
 # current step, and config.yaml records the new length), never what an optimizer step does.
-CHANGEABLE_ON_RESUME = ("logging.", "runtime.threads", "runtime.custom_ops", "data.cache_dir",
+CHANGEABLE_ON_RESUME = ("logging.", "runtime.threads", "runtime.custom_ops", "runtime.compile", "data.cache_dir",
                         "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval_batches",
                         "train.eval_at_start", "train.init_checkpoint", "train.max_steps")
 RECORDS = ("metrics.jsonl", "config.yaml")   # what a started run has written before its first checkpoint

@@ -9,6 +9,7 @@ runs its share of the step's micro-batches and the logging sums are added up ove
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -53,7 +54,7 @@ class HostStepper:
         for i in range(ga):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if k in task.batch_keys}
             with no_sync(self.model, sync=i == ga - 1):  # DDP all-reduces once, after the last micro-batch
-                with self.autocast():
+                with self.autocast(), _eager_if(measuring):
                     out = self.model(**batch)
                 self.scaler.backward(out.loss / ga)  # DDP then averages over ranks: the global mean
             acc += task.sums(out, batch)
@@ -74,6 +75,13 @@ class HostStepper:
 
     def sync_to_host(self) -> None:
         pass
+
+
+def _eager_if(measuring: bool):
+    """A measured step (update metrics) runs eagerly under ``runtime.compile``: the forward hooks it adds for
+    that step are not reliably in the compiled graph (dynamo does not guard on every submodule's hooks: the
+    encoder layers' never fired, and their ``update_rrc`` went missing); without compile this changes nothing."""
+    return torch.compiler.set_stance("force_eager") if measuring else contextlib.nullcontext()
 
 
 class IPUStepper:

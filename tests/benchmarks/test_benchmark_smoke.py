@@ -40,7 +40,9 @@ CASES = {
         "optimizer_step.results.ours-lamb-python.median_s", "optimizer_step.results.*.gb_per_s",
         "optimizer_step.agreement.*.max_abs_diff_over_max_abs_param"]),
     "gpt2_step": ("bench_gpt2_step.py", [], [
-        "results.ours.median_s", "results.hf.median_s", "results.*.first_loss", "hf_over_ours_time"]),
+        "results.ours.median_s", "results.hf.median_s", "results.hf-fused-adamw.median_s", "results.*.first_loss",
+        "results.*.tflops", "results.*.mfu", "hf_over_ours_time", "ratios.hf_fused_adamw_over_ours_time",
+        "peak_source", "cpu_flags"]),
     "grouped_conv": ("bench_grouped_conv.py", [], [
         "phases.default allocator.speedup.fwd+bwd", "phases.*.results.ours fwd+bwd.median_ms",
         "phases.*.results.conv1d fwd+bwd.median_ms", "max_abs_diff.grad_input"]),
@@ -67,8 +69,10 @@ CASES = {
         "sequences_per_s.transformers", "speed_ratio_ours_over_hf", "max_abs_logit_diff"]),
     "train_step": ("bench_train_step.py", [], [
         "results.ours-bert.median_s", "results.hf-bert.median_s", "results.ours-groupbert.median_s",
-        "results.*.params", "ratios.hf_bert_over_ours_bert", "ratios.groupbert_over_bert_time",
-        "ratios.groupbert_over_bert_time_per_param", "threads"]),
+        "results.hf-bert-fused-adamw.median_s", "results.*.params", "results.*.tflops", "results.*.mfu",
+        "ratios.hf_bert_over_ours_bert", "ratios.hf_bert_fused_adamw_over_ours_bert", "ratios.groupbert_over_bert_time",
+        "ratios.groupbert_over_bert_time_per_param", "ratios.groupbert_over_bert_flop_rate", "threads",
+        "peak_source", "cpu_flags"]),
 }
 NEEDS_OPS = {"custom_ops_step", "fused_optim", "grouped_conv", "grouped_conv_segments"}  # benchmarks of the C++ ops
 # rough seconds of each alone: the longest start first, so that the two workers finish together

@@ -22,7 +22,7 @@ RECIPE = ROOT / "configs/groupbert/tiny_phase1.yaml"
 # checkpoint is written before the final evaluation
 RUN = ["train.eval_batches=1", "runtime.threads=1", "train.max_steps=24", "train.checkpoint_every=8",
        "train.keep_checkpoints=2", "train.eval_every=0", "schedule.warmup_steps=4"]
-VOLATILE = {"time", "eval_seconds", "samples_per_s", "tokens_per_s", "git_commit", "error"}
+VOLATILE = {"time", "eval_seconds", "seq_per_s", "tokens_per_s", "tflops", "mfu", "git_commit", "error"}
 
 
 def _env():

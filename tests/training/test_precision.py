@@ -123,9 +123,9 @@ def test_config_keys_are_strict():
 
 
 def test_autocast_dtypes():
-    assert autocast_dtype("auto", CPU) is None and autocast_dtype("fp32", CPU) is None
+    """Explicit settings; what ``auto`` picks depends on the hardware (tests/training/test_precision_auto.py)."""
+    assert autocast_dtype("fp32", CPU) is None
     assert autocast_dtype("bf16", CPU) == torch.bfloat16 and autocast_dtype("fp16", CPU) == torch.float16
-    assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
 
 
 def test_fp16_pretraining_logs_scale_and_skips_and_resumes(tmp_path, tiny_config):

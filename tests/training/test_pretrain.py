@@ -40,7 +40,7 @@ def test_run_writes_the_contract(reference_run):
     assert (run / "config.yaml").exists()
     train = _records(run, "train")
     assert [r["step"] for r in train] == list(range(1, 13))
-    for key in ("loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "samples_per_s", "tokens_per_s"):
+    for key in ("loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "seq_per_s", "tokens_per_s"):
         assert all(isinstance(r[key], float) for r in train), key
     evals = _records(run, "eval")
     assert [r["step"] for r in evals] == [0, 12]
@@ -165,7 +165,7 @@ def test_packed_run_resumes_exactly_and_counts_sequences(tmp_path, run_config):
     run = _records(full, "run")[0]
     assert run["train_rows"] < run["train_sequences"]
     train = _records(full, "train")
-    per_row = [r["samples_per_s"] / (r["tokens_per_s"] / 128) for r in train]  # sequences per row in each step
+    per_row = [r["seq_per_s"] / (r["tokens_per_s"] / 128) for r in train]  # sequences per row in each step
     assert all(x >= 1 - 1e-9 for x in per_row) and max(per_row) > 1
     cut = _resume_from_step(run_config, tmp_path, full, 3, extra)
     a = {r["step"]: r["loss"] for r in train}

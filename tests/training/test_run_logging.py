@@ -16,6 +16,7 @@ import pytest
 
 from groupbert.config import ConfigError, load_config
 from groupbert.tasks.pretraining import pretrain
+from groupbert.training import hardware
 
 RUN = ["train.max_steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.eval_at_start=false",
        "logging.progress_bar=false", "logging.progress_every_s=0", "logging.wandb.mode=offline",
@@ -118,6 +119,7 @@ def test_progress_lines_with_eta_when_the_bar_is_off(run):
     assert progress[1].startswith("step 2/4 (50%), ")
     for m in progress:
         assert "samples/s" in m and "tokens/s" in m and "ETA " in m, m
+        assert "MFU " in m or not hardware.cpu_features().mhz, m   # MFU where the CPU's peak is known
     assert progress[-1].endswith("ETA 0 s")
 
 
@@ -187,6 +189,23 @@ def test_wandb_backend_tag_is_the_backend_that_ran(run):
     assert (first["kind"], first["backend"], first["device"]) == ("run", "cpu", "cpu")   # the run record too
 
 
+def test_wandb_gets_throughput_and_mfu(run):
+    """W&B gets the train records' throughput keys and the run record's FLOPs and peak (RunLog.log)."""
+    run_dir, _, wandb_run, _ = run
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in records if r["kind"] == "train"}
+    logged = [(step, data) for step, data in wandb_run.logged if "seq_per_s" in data]
+    assert [step for step, _ in logged] == sorted(train)
+    peak_known = records[0]["peak_tflops"] is not None   # the CPU table needs /proc/cpuinfo (Linux)
+    for step, data in logged:
+        for key in ("seq_per_s", "tokens_per_s", "tflops", "mfu"):
+            assert data[key] == train[step][key], key
+        assert data["tflops"] > 0 and (data["mfu"] > 0 if peak_known else data["mfu"] is None)
+    first = wandb_run.logged[0][1]
+    assert first["flops_per_token"] == records[0]["flops_per_token"] > 0
+    assert first["peak_source"] and first["precision"] == "fp32"
+
+
 def test_checkpoints_logged_as_wandb_artifacts(run):
     run_dir, _, wandb_run, _ = run
     best = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["best"]["step"]
@@ -208,7 +227,7 @@ def test_tensorboard_gets_the_wandb_scalars(run):
     numeric = {(k, step) for step, data in wandb_run.logged for k, v in data.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
     assert {(tag, step) for tag, _, step in writer.scalars} == numeric
-    assert {"loss", "lr", "samples_per_s", "eval_loss"} <= {tag for tag, _, _ in writer.scalars}
+    assert {"loss", "lr", "seq_per_s", "eval_loss"} <= {tag for tag, _, _ in writer.scalars}
 
 
 def test_tensorboard_missing_is_a_config_error_at_start(monkeypatch, tmp_path, capsys, tiny_overrides):
