@@ -11,7 +11,10 @@ optimizer its user would have:
   default optimizer (``adamw_torch_fused`` for torch >= 2.8);
 - ``ours-groupbert``: ``groupbert.models.GroupBertForPreTraining`` at the same H/L/A/I, our AdamW.
 ``--compile``: our models run under ``torch.compile`` (``runtime.compile``; compilation happens in the
-warm-up steps, which are not timed). ``--precision bf16``: every model under bf16 autocast.
+warm-up steps, which are not timed); a ``+compile`` suffix compiles one entry (``--models
+ours-bert,ours-bert+compile`` times eager against compiled in one process). ``--precision bf16``: every
+model under bf16 autocast. Columns: s/step, sequences/s, model TFLOPS (``groupbert.models.flops``: the
+FLOPs each model computes, HF's MLM head at all T positions) and MFU (``groupbert.training.hardware``).
 Each model gets ``--warmup`` untimed steps; then the models take timed steps in turn, ``--repeats``
 rounds, and each reports its median. The 1-minute load average before and after goes in the JSON:
 numbers taken while other jobs share the cores are not worth quoting.
@@ -82,6 +85,7 @@ def make_batch(B, T, P, vocab, device, seed=0):
 
 
 def build(name, cfg, device):
+    name = name.removesuffix("+compile")
     if name == "ours-bert":
         model = BertForPreTraining(dataclasses.replace(cfg, type="bert"))
     elif name == "ours-groupbert":
@@ -96,6 +100,7 @@ def build(name, cfg, device):
 
 
 def loss_fn(name, model, b):
+    name = name.removesuffix("+compile")
     if name.startswith("hf-bert"):
         return model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
                      attention_mask=b["attention_mask"], labels=b["full_labels"],
@@ -114,7 +119,7 @@ class Stepper:
         groups = param_groups(self.model, 0.01)  # no decay on biases and LayerNorms, for every model
         if name.startswith("ours"):
             self.opt = AdamW(groups, lr=1e-4)
-            if compile:
+            if compile or name.endswith("+compile"):
                 self.model.compile()
         else:
             self.opt = torch.optim.AdamW(groups, lr=1e-4, fused=name.endswith("fused-adamw") or None)
@@ -170,6 +175,13 @@ def main():
                                                         / results["ours-bert"]["us_per_param"])
         # the "GroupBERT keeps at least BERT's FLOP rate": >= 1 is met
         ratios["groupbert_over_bert_flop_rate"] = results["ours-groupbert"]["tflops"] / results["ours-bert"]["tflops"]
+    for name in results:
+        if name.endswith("+compile") and name.removesuffix("+compile") in results:
+            ratios[f"{name.removesuffix('+compile')}_eager_over_compiled"] = (
+                results[name.removesuffix("+compile")]["median_s"] / results[name]["median_s"])
+    if {"ours-bert+compile", "ours-groupbert+compile"} <= results.keys():
+        ratios["groupbert_over_bert_flop_rate_compiled"] = (results["ours-groupbert+compile"]["tflops"]
+                                                            / results["ours-bert+compile"]["tflops"])
 
     print(f"\n{args.size}, batch {args.batch_size} x seq {args.seq_len}, {args.masked} masked/seq, "
           f"{args.device}, {torch.get_num_threads()} threads, {args.precision}{', compiled' if args.compile else ''}, "

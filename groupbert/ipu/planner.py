@@ -54,6 +54,19 @@ IPU_MEMORY_MB = 900.0            # in-processor SRAM per GC200, spread over its 
 IPU_TILES = 1472                 # tiles per GC200; each holds its own slice of the 900 MB
 PEAK_FLOPS_FP16 = 250e12         # "AI compute" FP16.16 per GC200 (IPU-M2000: 1 PFLOPS over 4 IPUs)
 PEAK_FLOPS_FP32 = 62.5e12        # FP32 per GC200
+
+
+def ipu_peak(cfg: RunConfig) -> Optional[tuple[float, str, int]]:
+    """(peak FLOP/s per IPU, where the figure comes from, IPUs in use) for a run on real IPUs, the MFU
+    denominator (``groupbert.training.hardware``); None when the built-in emulator stands in for PopTorch:
+    it computes every replica and stage on the host CPU, in fp32."""
+    from groupbert.ipu import USING_EMULATOR
+    if USING_EMULATOR:
+        return None
+    ipus = cfg.ipu.replication_factor * len(cfg.ipu.layers_per_ipu or [0])
+    if cfg.ipu.half:
+        return PEAK_FLOPS_FP16, f"Graphcore GC200: {PEAK_FLOPS_FP16 / 1e12:g} TFLOPS fp16 per IPU", ipus
+    return PEAK_FLOPS_FP32, f"Graphcore GC200: {PEAK_FLOPS_FP32 / 1e12:g} TFLOPS fp32 per IPU", ipus
 IPU_LINK_BYTES_PER_S = 64e9      # per IPU-Link; one link per neighbour pair assumed (no link aggregation)
 SRAM_BYTES_PER_S = 47.5e12       # in-processor memory bandwidth per GC200 (optimizer update, on chip)
 # Streaming (off-chip) memory bandwidth seen by one IPU: NOT a datasheet number, a round assumption

@@ -205,10 +205,12 @@ def peak_flops(device, dtype: Optional[torch.dtype], cfg) -> Peak:
         return Peak(override * 1e12, f"runtime.peak_tflops: {override:g} TFLOPS per device")
     backend = cfg.runtime.backend
     if backend == "ipu":
-        from groupbert.ipu.planner import PEAK_FLOPS_FP16, PEAK_FLOPS_FP32  # GC200 datasheet figures
-        if cfg.ipu.half:
-            return Peak(PEAK_FLOPS_FP16, f"Graphcore GC200: {PEAK_FLOPS_FP16 / 1e12:g} TFLOPS fp16 per IPU")
-        return Peak(PEAK_FLOPS_FP32, f"Graphcore GC200: {PEAK_FLOPS_FP32 / 1e12:g} TFLOPS fp32 per IPU")
+        from groupbert.ipu.planner import ipu_peak  # GC200 datasheet figures
+        ipu = ipu_peak(cfg)
+        if ipu is None:  # no Poplar SDK: the built-in emulator computes on this CPU, in fp32
+            cpu = cpu_peak("fp32")
+            return Peak(cpu.flops_per_s, f"the built-in PopTorch emulator computes on the CPU: {cpu.source}")
+        return Peak(ipu[0], ipu[1])
     if backend == "ipu-model":   # the IPU Model / built-in emulator compute on this CPU, in fp32
         cpu = cpu_peak("fp32")
         return Peak(cpu.flops_per_s, f"ipu-model computes on the CPU: {cpu.source}")
@@ -221,5 +223,8 @@ def devices_in_use(cfg, world_size: int) -> int:
     """The devices MFU divides by: IPUs (replicas x IPUs per replica) on ``ipu``; else the processes
     (torchrun's world size: one GPU, or one CPU share, each)."""
     if cfg.runtime.backend == "ipu":
-        return cfg.ipu.replication_factor * len(cfg.ipu.layers_per_ipu or [0])
+        from groupbert.ipu.planner import ipu_peak
+        ipu = ipu_peak(cfg)
+        if ipu is not None:  # the emulator runs every replica and stage on this process's CPU
+            return ipu[2]
     return world_size

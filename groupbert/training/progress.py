@@ -4,7 +4,7 @@
   ``seq/s``, ``tok/s`` and ``mfu`` of the latest train record beside it), and while it is open every log
   line goes through ``tqdm.write`` (``logging_redirect_tqdm``), so lines and bar never share a terminal
   row; without the bar, an INFO line every ``logging.progress_every_s`` seconds with the step, the percent
-  done, samples/s, tokens/s and MFU since the previous line and the ETA (all over wall time, evaluations
+  done, sequences/s, tokens/s and MFU since the previous line and the ETA (all over wall time, evaluations
   and checkpoints included, so MFU here is lower than the train records', which time the steps only).
   ``--quiet`` (warnings only) shows neither.
 - :func:`log_summary`: the end of a run in a few INFO lines: how it ended, steps and wall time, the mean
@@ -85,7 +85,7 @@ class Progress:
         per_step = (now - self._start_t) / max(self.step - self._start_step, 1)
         eta = per_step * max(self.total - self.step, 0)
         mfu = self.rate.mfu(self._tokens, window) if self.rate is not None else None
-        logger.info("step %d/%d (%.0f%%), %.1f samples/s, %.0f tokens/s, %sETA %s", self.step, self.total,
+        logger.info("step %d/%d (%.0f%%), %.1f seq/s, %.0f tokens/s, %sETA %s", self.step, self.total,
                     100.0 * self.step / max(self.total, 1), self._samples / window, self._tokens / window,
                     "" if mfu is None else f"MFU {100 * mfu:.1f}%, ", format_duration(eta))
         self._last_t, self._samples, self._tokens = now, 0.0, 0.0

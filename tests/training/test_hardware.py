@@ -135,7 +135,9 @@ def test_unknown_gpu_has_no_peak(monkeypatch, name):
     assert p.flops_per_s is None and name in p.source and "runtime.peak_tflops" in p.source
 
 
-def test_ipu_peaks_are_the_planners_gc200_figures_times_the_ipus_in_use():
+def test_ipu_peaks_are_the_planners_gc200_figures_times_the_ipus_in_use(monkeypatch):
+    import groupbert.ipu
+    monkeypatch.setattr(groupbert.ipu, "USING_EMULATOR", False)  # as with the Poplar SDK's PopTorch
     cfg = load_config(None, ["runtime.backend=ipu", "ipu.half=true", "ipu.layers_per_ipu=[0,4,4,4]",
                              "ipu.replication_factor=4", "model.num_layers=12", "train.gradient_accumulation=16"])
     p = peak_flops(CPU, None, cfg)   # the host device is the CPU; the IPU's dtype is ipu.half's
@@ -145,6 +147,17 @@ def test_ipu_peaks_are_the_planners_gc200_figures_times_the_ipus_in_use():
     assert peak_flops(CPU, None, cfg).flops_per_s == planner.PEAK_FLOPS_FP32 == 62.5e12
     cfg.ipu.layers_per_ipu = None
     assert devices_in_use(cfg, world_size=1) == 4
+
+
+def test_the_built_in_emulator_runs_on_the_cpu(monkeypatch):
+    import groupbert.ipu
+    monkeypatch.setattr(groupbert.ipu, "USING_EMULATOR", True)
+    monkeypatch.setattr(hardware, "cpu_features", lambda text=None: cpu_features(ZEN4))
+    cfg = load_config(None, ["runtime.backend=ipu", "ipu.half=true", "ipu.replication_factor=4"])
+    p = peak_flops(CPU, None, cfg)
+    assert p.source.startswith("the built-in PopTorch emulator computes on the CPU: AMD EPYC") and "fp32" in p.source
+    assert p.flops_per_s == pytest.approx(torch.get_num_threads() * 2.596134e9 * 32)
+    assert devices_in_use(cfg, world_size=1) == 1
 
 
 def test_ipu_model_runs_on_the_cpu(monkeypatch):

@@ -118,7 +118,7 @@ def test_progress_lines_with_eta_when_the_bar_is_off(run):
     assert [m.split(" (")[0] for m in progress] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
     assert progress[1].startswith("step 2/4 (50%), ")
     for m in progress:
-        assert "samples/s" in m and "tokens/s" in m and "ETA " in m, m
+        assert "seq/s" in m and "tokens/s" in m and "ETA " in m, m
         assert "MFU " in m or not hardware.cpu_features().mhz, m   # MFU where the CPU's peak is known
     assert progress[-1].endswith("ETA 0 s")
 
@@ -136,7 +136,7 @@ def test_progress_every_s_spaces_the_lines(monkeypatch, tiny_config, caplog):
     p.close()
     steps = [r.getMessage().split(" (")[0] for r in caplog.records]
     assert steps == ["step 2/5", "step 4/5", "step 5/5"]
-    assert "0.5 samples/s, 33 tokens/s" in caplog.records[0].getMessage()   # 16 samples over 31 s
+    assert "0.5 seq/s, 33 tokens/s" in caplog.records[0].getMessage()   # 16 samples over 31 s
     assert "ETA 46 s" in caplog.records[0].getMessage()        # 15.5 s a step, 3 steps left
     caplog.clear()
     monkeypatch.undo()

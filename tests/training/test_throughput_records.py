@@ -90,7 +90,7 @@ def test_progress_line_mfu_is_over_the_lines_wall_time(monkeypatch, tiny_config,
     p = progress_mod.Progress(tiny_config(), "t", 1, 0, enabled=True, rate=rate)
     p.update(1, 8, 512)   # 512 tokens x 2 MFLOP in 10 s = 102.4 MFLOPS of 2 GFLOPS: 5.1%
     p.close()
-    assert caplog.records[0].getMessage() == "step 1/1 (100%), 0.8 samples/s, 51 tokens/s, MFU 5.1%, ETA 0 s"
+    assert caplog.records[0].getMessage() == "step 1/1 (100%), 0.8 seq/s, 51 tokens/s, MFU 5.1%, ETA 0 s"
 
 
 def test_bar_postfix():
