@@ -53,7 +53,7 @@ def _place(model: nn.Module, embeddings: nn.Module, layers: nn.ModuleList, head:
         poptorch.BeginBlock(head, "Heads", ipu_id=0)
     logger.info("%s --> IPU %d", head_name, 0 if head is not None else len(layers_per_ipu) - 1)
     model._ipu_recompute_hooks = hooks
-    _use_custom_ops(model, False)  # PopTorch lowers nn.Conv1d(groups=...) natively; the C++ op is CPU-only
+    _host_paths(model, False)  # PopTorch lowers nn.Conv1d(groups=...) and nn.Linear natively
     return model
 
 
@@ -63,14 +63,17 @@ def deparallelize(model: nn.Module) -> nn.Module:
     for h in getattr(model, "_ipu_recompute_hooks", []):
         h.remove()
     model._ipu_recompute_hooks = []
-    _use_custom_ops(model, True)
+    _host_paths(model, True)
     return model
 
 
-def _use_custom_ops(model: nn.Module, enabled: bool) -> None:
+def _host_paths(model: nn.Module, enabled: bool) -> None:
+    """Switch the host-only fast paths: the C++ conv (``use_custom_op``, a CPU kernel) and GPT-2's padded
+    vocabulary GEMM (``pad_vocab``, a CPU layout trick); on the IPU the plain modules are lowered."""
     for m in model.modules():
-        if hasattr(m, "use_custom_op"):
-            m.use_custom_op = enabled
+        for flag in ("use_custom_op", "pad_vocab"):
+            if hasattr(m, flag):
+                setattr(m, flag, enabled)
 
 
 def _recompute_hook(module, inputs, output):

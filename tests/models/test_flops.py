@@ -28,10 +28,14 @@ def _inputs(m: ModelConfig) -> dict:
             "next_sentence_label": torch.randint(0, 2, (B,))}
 
 
-def _count(m: ModelConfig, backward: bool) -> int:
+def _count(m: ModelConfig, backward: bool, pad_vocab: bool = False) -> int:
+    """The counter's FLOPs; GPT-2 with its plain LM head unless ``pad_vocab`` (the host's padded GEMM does
+    hardware FLOPs on the padding columns that model FLOPs, and MFU, leave out)."""
     with torch.device("meta"):
         model = build_model(m)
         inputs = _inputs(m)
+    if hasattr(model, "pad_vocab"):
+        model.pad_vocab = pad_vocab
     with FlopCounterMode(display=False) as counter:
         out = model(**inputs)
         if backward:
@@ -43,6 +47,18 @@ def _count(m: ModelConfig, backward: bool) -> int:
 def test_forward_equals_torch_flop_counter(model_type, tiny_model_config):
     m = tiny_model_config(model_type)
     assert forward_flops(m, B, T, None if model_type == "gpt2" else P) == _count(m, backward=False)
+
+
+def test_gpt2_padded_head_adds_only_the_padding_columns(tiny_model_config):
+    """The host fast path (``pad_vocab``) multiplies by V' = V rounded up to 64 rows: the counter sees
+    2 N H (V' - V) more forward FLOPs than the model FLOPs, nothing else."""
+    from groupbert.models.gpt2 import VOCAB_ALIGN
+
+    m = tiny_model_config("gpt2")
+    extra_columns = -m.vocab_size % VOCAB_ALIGN
+    assert extra_columns > 0   # the tiny vocabulary is not a multiple of 64, so the fast path is taken
+    assert _count(m, backward=False, pad_vocab=True) == (forward_flops(m, B, T)
+                                                         + 2 * B * T * m.hidden_size * extra_columns)
 
 
 @pytest.mark.parametrize("model_type", ["bert", "gpt2"])
