@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import os
 import sys
-from contextlib import nullcontext
 
 import torch
 
@@ -33,6 +32,7 @@ from common import (RESULTS, device_peak, load_average, median, parse_args, time
 
 from groupbert.config import ModelConfig  # noqa: E402
 from groupbert.models.flops import forward_flops  # noqa: E402
+from groupbert.training.precision import autocast_context  # noqa: E402
 from groupbert.models.gpt2 import GPT2LMHeadModel, to_hf_config, to_hf_state_dict  # noqa: E402
 from optimizers import AdamW, param_groups  # noqa: E402
 
@@ -63,9 +63,7 @@ class Stepper:
     def __init__(self, name, model, opt, batch, precision="fp32"):
         self.name, self.model, self.opt, self.batch = name, model, opt, batch
         self.losses = []  # warm-up steps included: the first is the check that both compute the same
-        device = batch.device.type
-        self.autocast = ((lambda: torch.autocast(device, dtype=torch.bfloat16)) if precision == "bf16"
-                         else nullcontext)
+        self.autocast = autocast_context(precision, batch.device)  # fp32: no autocast
 
     def step(self):
         self.opt.zero_grad(set_to_none=True)

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import os
 import sys
-from contextlib import nullcontext
 
 import torch
 
@@ -42,6 +41,7 @@ from groupbert.config import ModelConfig  # noqa: E402
 from groupbert.models import BertForPreTraining, GroupBertForPreTraining  # noqa: E402
 from groupbert.models.bert import to_hf_config  # noqa: E402
 from groupbert.models.flops import forward_flops  # noqa: E402
+from groupbert.training.precision import autocast_context  # noqa: E402
 from optimizers import AdamW, param_groups  # noqa: E402
 
 SIZES = {  # H, L, A, I
@@ -123,8 +123,7 @@ class Stepper:
                 self.model.compile()
         else:
             self.opt = torch.optim.AdamW(groups, lr=1e-4, fused=name.endswith("fused-adamw") or None)
-        dtype = torch.bfloat16 if precision == "bf16" else None
-        self.autocast = (lambda: torch.autocast(torch.device(device).type, dtype=dtype)) if dtype else nullcontext
+        self.autocast = autocast_context(precision, torch.device(device))  # fp32: no autocast
 
     def step(self):
         self.opt.zero_grad(set_to_none=True)

@@ -76,6 +76,20 @@ def _recording_backend(seen: list):
     return backend
 
 
+def _assert_same_loss_and_gradients(eager, compiled, batch: dict) -> None:
+    """One forward/backward of each on ``batch``: the loss and every parameter's gradient agree to RTOL/ATOL.
+    The compiled model runs first: the custom op's first call may then be inside the trace."""
+    loss_c = compiled(**batch).loss
+    loss_c.backward()
+    loss_e = eager(**batch).loss
+    loss_e.backward()
+    torch.testing.assert_close(loss_c, loss_e, rtol=RTOL, atol=ATOL)
+    for (name, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("model_type,ops", [("bert", "auto"), ("groupbert", "auto"), ("groupbert", "off"),
                                             ("gpt2", "auto")])
 def test_compiled_loss_and_gradients_equal_eager(model_type, ops, tiny_model_config, custom_ops_mode):
@@ -87,16 +101,7 @@ def test_compiled_loss_and_gradients_equal_eager(model_type, ops, tiny_model_con
     compiled = copy.deepcopy(eager)
     seen = []
     compiled.compile(backend=_recording_backend(seen), fullgraph=True)  # fullgraph: a graph break is an error
-    batch = _batch(model_type)
-    loss_c = compiled(**batch).loss  # compiled first: the op's first call may be inside the trace
-    loss_c.backward()
-    loss_e = eager(**batch).loss
-    loss_e.backward()
-    torch.testing.assert_close(loss_c, loss_e, rtol=RTOL, atol=ATOL)
-    for (name, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters()):
-        assert (p.grad is None) == (q.grad is None), name
-        if p.grad is not None:
-            torch.testing.assert_close(q.grad, p.grad, rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
+    _assert_same_loss_and_gradients(eager, compiled, _batch(model_type))
     assert list(compiled.state_dict()) == list(eager.state_dict())  # in place: no "_orig_mod." prefix
     if model_type == "groupbert":  # the C++ op is one opaque node of the graph, or absent when off
         assert any("groupbert.grouped_conv1d" in t for t in seen) == (ops == "auto")
@@ -278,13 +283,4 @@ def test_inductor_loss_and_gradients_equal_eager(model_type, ops, tiny_model_con
     compiled = copy.deepcopy(eager)
     cfg = load_config(None, ["runtime.compile=true"])
     compile_model(compiled, cfg)  # model.compile(): inductor, as runtime.compile runs it
-    batch = _batch(model_type)
-    loss_c = compiled(**batch).loss
-    loss_c.backward()
-    loss_e = eager(**batch).loss
-    loss_e.backward()
-    torch.testing.assert_close(loss_c, loss_e, rtol=RTOL, atol=ATOL)
-    for (name, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters()):
-        assert (p.grad is None) == (q.grad is None), name
-        if p.grad is not None:
-            torch.testing.assert_close(q.grad, p.grad, rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
+    _assert_same_loss_and_gradients(eager, compiled, _batch(model_type))
