@@ -60,7 +60,7 @@ def _f(default: Any = dataclasses.MISSING, *, factory=None, ge=None, gt=None, le
 
 @dataclass
 class ModelConfig:
-    type: str = _f("groupbert", choices=("groupbert", "bert", "gpt2"))  # gpt2: causal-LM pretraining
+    type: str = _f("groupbert", choices=("groupbert", "bert", "gpt2", "hf_bert"))  # gpt2: causal-LM pretraining; hf_bert: transformers.BertForPreTraining (the claims study's baseline)
     vocab_size: int = _f(30522, gt=0)            # bert-base-uncased WordPiece; GPT-2's BPE has 50257
     hidden_size: int = _f(768, gt=0)
     num_layers: int = _f(12, gt=0)
@@ -555,6 +555,9 @@ def _cross_checks(cfg: RunConfig, origins: dict, default_source: str, check_opti
         fail("data.seq_len", f"{d.seq_len} exceeds model.max_positions {m.max_positions}")
     if m.type != "gpt2" and d.max_predictions > d.seq_len:  # masked-LM only; GPT-2 ignores it
         fail("data.max_predictions", f"{d.max_predictions} exceeds data.seq_len {d.seq_len}")
+    if m.type == "hf_bert" and d.packing:
+        fail("data.packing", "model.type hf_bert is Hugging Face's BertForPreTraining, which has no packed rows "
+             "(no per-sequence attention or pooler)")
     if m.type == "gpt2" and d.packing:
         fail("data.packing", "GPT-2's causal-LM blocks are contiguous text that fills every row already; packing "
              "is for masked-LM + NSP pretraining and SQuAD")

@@ -16,6 +16,7 @@ from groupbert.models.bert import (
     to_hf_config,
 )
 from groupbert.models.gpt2 import CausalLMOutput, GPT2LMHeadModel, GPT2Model
+from groupbert.models.hf_bert import HFBertForPreTraining
 from groupbert.models.groupbert import (
     GroupBertConv,
     GroupBertForPreTraining,
@@ -30,6 +31,7 @@ PRETRAINING_MODELS = {
     "bert": BertForPreTraining,
     "groupbert": GroupBertForPreTraining,
     "gpt2": GPT2LMHeadModel,
+    "hf_bert": HFBertForPreTraining,   # Hugging Face's own, MLM logits at every position: a baseline
 }
 
 
@@ -44,6 +46,6 @@ __all__ = [
     "BertForPreTraining", "BertModel", "BertPreTrainingHeads", "CausalLMOutput", "EncoderOutput",
     "GPT2LMHeadModel", "GPT2Model", "GroupBertConv",
     "GroupBertForPreTraining", "GroupBertGroupedFFN", "GroupBertLayer", "GroupBertModel", "GroupedLinear",
-    "PRETRAINING_MODELS", "PreTrainingOutput", "additive_attention_mask", "build_model", "from_hf_config",
+    "HFBertForPreTraining", "PRETRAINING_MODELS", "PreTrainingOutput", "additive_attention_mask", "build_model", "from_hf_config",
     "load_hf_state_dict", "padding_mask", "to_hf_config",
 ]

@@ -19,7 +19,8 @@ Per layer, on ``N = b x T`` tokens of hidden size ``H``, intermediate size ``I``
 - heads: BERT/GroupBERT pretraining: the MLM transform and vocabulary projection at the ``P`` masked
   positions the model computes (``data.max_predictions`` slots, padded or not; all T positions without
   positions), ``2 b P (H^2 + H V)``, and the pooler + NSP classifier ``2 b S (H^2 + 2 H)`` for the ``S``
-  sequences of a row (1 unpacked); GPT-2's LM head ``2 N H V`` over all T positions; SQuAD's span head
+  sequences of a row (1 unpacked; ``hf_bert``, Hugging Face's ``BertForPreTraining``, at all T positions
+  whatever P); GPT-2's LM head ``2 N H V`` over all T positions; SQuAD's span head
   ``2 N H 2``.
 
 Training: backward computes, for every matmul, the gradient of its input (dX) and of its weight (dW),
@@ -46,7 +47,7 @@ def layer_forward_flops(m: ModelConfig, b: int, T: int) -> float:
     """Matmul/conv FLOPs (2 per multiply-add) of one encoder/decoder layer's forward on b x T tokens."""
     N, H, I = b * T, m.hidden_size, m.intermediate_size
     attention = N * (8 * H * H + 4 * T * H)         # q, k, v, output projections; QK^T and PV
-    if m.type in ("bert", "gpt2"):
+    if m.type in ("bert", "gpt2", "hf_bert"):
         return attention + N * 4 * H * I            # FFN / MLP H->I->H
     conv = N * (6 * H * H + 2 * H * m.conv_kernel_size * m.conv_group_size)  # GLU H->2H, grouped conv, H->H
     gffn = N * (2 * H * I + 2 * I * H // m.ffn_groups + 2 * H * H)           # H->I, grouped I->H, mixer
@@ -80,7 +81,8 @@ def forward_flops(model_cfg: ModelConfig, batch: int, seq_len: int, masked_posit
         return body + 2 * b * T * m.hidden_size * m.vocab_size
     if head == "qa":
         return body + 2 * b * T * m.hidden_size * 2
-    P = T if masked_positions is None else masked_positions
+    # Hugging Face's BertForPreTraining (model.type hf_bert) runs the MLM head at every position
+    P = T if masked_positions is None or m.type == "hf_bert" else masked_positions
     return body + heads_forward_flops(m, b, P, sequences_per_row)
 
 
