@@ -58,7 +58,7 @@ def machine() -> dict:
 
 def provenance(module: str, argv: Optional[list[str]], runs: list[Run], workers: int, info: dict) -> list[str]:
     """Report lines: the command, the machine and the compute the runs took."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]  # the runs' command
     seconds = sum(r.seconds or 0.0 for r in runs)
     return [f"Command: `python -m {module} {' '.join(argv)}`",
             f"Machine: {info.get('cpu', 'unknown')}, {info.get('cores')} cores, load {info.get('load_1min')} "
