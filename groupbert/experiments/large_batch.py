@@ -1,6 +1,6 @@
 """LAMB against AdamW as the global batch grows, at the same number of samples seen (the claims study, part 2).
 
-    python -m groupbert.experiments.large_batch --out runs/large-batch          # default grid: ≈ 35 min on 2 cores
+    python -m groupbert.experiments.large_batch --out runs/large-batch          # default grid: 24 runs, ≈ 22 min on 2 cores
     python -m groupbert.experiments.large_batch --out runs/lb --samples 2048 --batch-multipliers 1,8 --seeds 1
 
 The claim (You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
