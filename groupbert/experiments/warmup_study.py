@@ -42,11 +42,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from groupbert.config import find_config
+from groupbert.experiments.grid import REPO, RUN_CWD, read_metrics
+from groupbert.experiments.grid import config_path as _find_config
 from groupbert.training.run_log import read_end
-
-REPO = Path(__file__).resolve().parents[2]
-RUN_CWD = REPO if (REPO / "pyproject.toml").is_file() else None   # an installed wheel: the working directory
 
 logger = logging.getLogger("groupbert.experiments.warmup_study")
 
@@ -116,10 +114,8 @@ def build_grid(args) -> list[Cell]:
 
 
 def _config_path(args) -> Path:
-    """``--config`` as given if it exists, else relative to the repo (the runs start in the repo root), else
-    the shipped recipe's copy in an installed wheel."""
-    path = Path(args.config)
-    return path.resolve() if path.exists() else find_config(path, REPO)
+    """``--config`` as given if it exists, else relative to the repo, else the installed wheel's copy."""
+    return _find_config(args.config)
 
 
 def prepare_vocab(args, out: Path) -> list[str]:
@@ -154,21 +150,8 @@ def run_overrides(cell: Cell, args, vocab_sets: list[str]) -> list[str]:
     return sets
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill
-            pass
-    return records
-
-
 def _finished(run_dir: Path, steps: int) -> dict | None:
-    evals = [r for r in _read_metrics(run_dir) if r.get("kind") == "eval"]
+    evals = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"]
     if evals and evals[-1]["step"] >= steps:
         return {"final_loss": evals[-1]["eval_loss"], "best_loss": min(r["eval_loss"] for r in evals)}
     return None
@@ -204,7 +187,7 @@ def run_cell(cell: Cell, args, out: Path, vocab_sets: list[str]) -> Cell:
         tail = (out / "runs" / f"{cell.name}.log").read_text(errors="replace").strip().splitlines()[-3:]
         cell.status = "diverged" if end is not None and end["status"] == "diverged" else "failed"
         cell.error = ((end or {}).get("error") or " | ".join(tail))[-400:]
-        evals = [r for r in _read_metrics(run_dir) if r.get("kind") == "eval"]
+        evals = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"]
         cell.best_loss = min((r["eval_loss"] for r in evals), default=None)
     return cell
 
@@ -306,7 +289,7 @@ def write_plots(out: Path, cells: list[Cell], args) -> None:
             continue
         base = OPTIMIZERS[opt][3]
         cell = min(candidates, key=lambda c: abs(math.log(c.lr / base)))
-        records = [r for r in _read_metrics(out / "runs" / cell.name) if r.get("kind") == "update"]
+        records = [r for r in read_metrics(out / "runs" / cell.name) if r.get("kind") == "update"]
         for ax, key in zip(axes, metrics):
             pts = [(r["step"], r[key]) for r in records if key in r]
             if pts:
