@@ -177,6 +177,52 @@ def run_grid(runs: list[Run], config: Path, out: Path, workers: int, threads: in
     logger.info("%s: finished in %.1f min", desc, (time.perf_counter() - t0) / 60)
 
 
+def run_stages(out: Path, config: Path, args, info: dict, stage1: list[Run],
+               stage2_of: Callable[[list[Run]], list[Run]], desc: str) -> list[Run]:
+    """A study's two stages: ``stage1`` (the learning-rate grid at seed 0), then ``stage2_of(stage 1)`` (the
+    other seeds at the best rates). Runs an earlier invocation finished are kept; ``results.json`` is
+    rewritten after every run; with ``args.report_only`` nothing runs."""
+    previous = load_previous(out / "results.json")
+    runs = list(stage1)
+    keep_previous(runs, previous)
+
+    def save(_=None):
+        write_json(out / "results.json", {"args": vars(args), "machine": info, "runs": [vars(r) for r in runs]})
+
+    if not args.report_only:
+        run_grid(runs, config, out, args.workers, args.threads, f"{desc}: lr grid", save)
+    stage2 = stage2_of(runs)
+    keep_previous(stage2, previous)
+    runs += stage2
+    if not args.report_only:
+        run_grid(stage2, config, out, args.workers, args.threads, f"{desc}: seeds", save)
+    save()
+    return runs
+
+
+def unfinished(runs) -> list[str]:
+    """The report's line naming the runs that failed or diverged (none: no line)."""
+    bad = [r for r in runs if r.status in ("failed", "diverged")]
+    return ["", "Runs that did not finish: " + ", ".join(f"{r.name} ({r.status})" for r in bad)] if bad else []
+
+
+def finish(out: Path, runs, outputs: str) -> int:
+    """Name the failed runs on stderr and what was written; exit 1 when a run failed (diverged is a result)."""
+    failed = [r for r in runs if r.status == "failed"]
+    for r in failed:
+        print(f"FAILED {r.name}: {r.error}", file=sys.stderr)
+    print(f"wrote {out}/{outputs}")
+    return 1 if failed else 0
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def keep_previous(runs: Iterable[Run], previous: dict[str, dict]) -> None:
     """Carry status, seconds and errors over from an earlier invocation's results file."""
     for r in runs:

@@ -175,10 +175,7 @@ def write_report(out: Path, runs, curves, table, args, totals, provenance: list[
         deg = f"{e['degradation']:+.3f}" if "degradation" in e else "-"
         lines.append(f"| {OPTIMIZERS[e['optimizer']][0]} | {e['batch']} ({e['k']}x) | {e['steps']} | {grid_text} | "
                      f"{best} | {grid.spread(e['final_loss'])} | {deg} |")
-    failed = [r for r in runs if r.status in ("failed", "diverged")]
-    if failed:
-        lines += ["", "Runs that did not finish: " + ", ".join(f"{r.name} ({r.status})" for r in failed)]
-    lines += ["", *provenance]
+    lines += [*grid.unfinished(runs), "", *provenance]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     with open(out / "results.csv", "w", newline="") as f:
@@ -226,9 +223,7 @@ def write_plots(out: Path, runs, curves, table, args) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         ax.set_title("Each optimizer and batch at its best learning rate (every seed)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=120)
-        plt.close(fig)
+        grid.save_figure(fig, out / fname)
     fig, axes = plt.subplots(1, len(args.ks), figsize=(4 * len(args.ks), 3.4), squeeze=False, sharey=True)
     for ax, k in zip(axes[0], args.ks):
         for opt in args.optimizers.split(","):
@@ -242,9 +237,7 @@ def write_plots(out: Path, runs, curves, table, args) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("final validation MLM loss")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_lr.png", dpi=120)
-    plt.close(fig)
+    grid.save_figure(fig, out / "loss_vs_lr.png")
 
 
 def main(argv=None) -> int:
@@ -257,24 +250,16 @@ def main(argv=None) -> int:
                                                args.max_predictions)
     earlier = grid.read_json(out / "results.json")
     info = earlier.get("machine") or grid.machine()   # the machine and load when the study first started
-    previous = grid.load_previous(out / "results.json")
     opts = args.optimizers.split(",")
-    runs: list[Run] = [make_run(o, k, m, 0, args, data_sets) for o in opts for k in args.ks for m in args.mults]
-    grid.keep_previous(runs, previous)
+    stage1 = [make_run(o, k, m, 0, args, data_sets) for o in opts for k in args.ks for m in args.mults]
 
-    def save(_=None):
-        grid.write_json(out / "results.json", {"args": vars(args), "machine": info, "runs": [vars(r) for r in runs]})
+    def stage2_of(runs: list[Run]) -> list[Run]:
+        """The other seeds at each (optimizer, batch)'s best multiplier."""
+        curves = {r.name: c for r in runs if (c := _curve(r, out, args)) is not None}
+        return [make_run(o, k, best, seed, args, data_sets) for o in opts for k in args.ks
+                if (best := best_mult(runs, curves, o, k)) is not None for seed in range(1, args.seeds)]
 
-    if not args.report_only:
-        grid.run_grid(runs, config, out, args.workers, args.threads, "large batch: lr grid", save)
-    curves = {r.name: c for r in runs if (c := _curve(r, out, args)) is not None}
-    stage2 = [make_run(o, k, best, seed, args, data_sets) for o in opts for k in args.ks
-              if (best := best_mult(runs, curves, o, k)) is not None for seed in range(1, args.seeds)]
-    grid.keep_previous(stage2, previous)
-    runs += stage2
-    if not args.report_only:
-        grid.run_grid(stage2, config, out, args.workers, args.threads, "large batch: seeds", save)
-    save()
+    runs = grid.run_stages(out, config, args, info, stage1, stage2_of, "large batch")
     curves = {r.name: c for r in runs if (c := _curve(r, out, args)) is not None}
     table = analyse(runs, curves, args)
     grid.write_json(out / "results.json", {"args": vars(args), "machine": info, "runs": [vars(r) for r in runs],
@@ -283,11 +268,8 @@ def main(argv=None) -> int:
     provenance = grid.provenance(MODULE, argv, runs, args.workers, info)
     print(write_report(out, runs, curves, table, args, totals, provenance))
     write_plots(out, runs, curves, table, args)
-    failed = [r for r in runs if r.status == "failed"]
-    for r in failed:
-        print(f"FAILED {r.name}: {r.error}", file=sys.stderr)
-    print(f"wrote {out}/results.md, results.csv, results.json, loss_vs_samples.png, loss_vs_steps.png, loss_vs_lr.png")
-    return 1 if failed else 0
+    return grid.finish(out, runs, "results.md, results.csv, results.json, loss_vs_samples.png, loss_vs_steps.png, "
+                       "loss_vs_lr.png")
 
 
 if __name__ == "__main__":

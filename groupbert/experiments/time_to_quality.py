@@ -270,10 +270,7 @@ def write_report(out: Path, runs: list[Run], curves: dict, analysis: dict, args,
         for fr in analysis["front_ratios"]:
             ratio = "-" if fr["flops_ratio"] is None else f"{fr['flops_ratio']:.2f}"
             lines.append(f"| {fr['bert_flops'] / 1e12:.2f} | {fr['loss']:.3f} | {ratio} |")
-    failed = [r for r in runs if r.status in ("failed", "diverged")]
-    if failed:
-        lines += ["", "Runs that did not finish: " + ", ".join(f"{r.name} ({r.status})" for r in failed)]
-    lines += ["", *provenance]
+    lines += [*grid.unfinished(runs), "", *provenance]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     with open(out / "results.csv", "w", newline="") as f:
@@ -321,9 +318,7 @@ def write_plots(out: Path, runs: list[Run], curves: dict, analysis: dict) -> Non
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title("Every run (thin; dashed: larger sizes) and each model's Pareto front", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=120)
-        plt.close(fig)
+        grid.save_figure(fig, out / fname)
 
 
 def main(argv=None) -> int:
@@ -338,34 +333,22 @@ def main(argv=None) -> int:
     sizes, models = args.sizes.split(","), args.models.split(",")
     earlier = grid.read_json(out / "results.json")
     info = earlier.get("machine") or grid.machine()   # the machine and load when the study first started
-    previous = grid.load_previous(out / "results.json")
-    runs: list[Run] = []
+    stage1 = [make_run(m, s, lr, 0, args, data_sets) for s in sizes for m in models if m != "hf_bert"
+              for lr in args.lr_grid[s]]
 
-    def save(_=None):
-        grid.write_json(out / "results.json", {"args": vars(args), "machine": info,
-                                               "runs": [vars(r) for r in runs]})
+    def stage2_of(runs: list[Run]) -> list[Run]:
+        """The other seeds at each model's best rate; Hugging Face's BERT at BERT's best rate, every seed."""
+        curves, stage2 = curves_of(runs, out, args), []
+        for s in sizes:
+            for m in models:
+                lr = best_lr(runs, curves, "bert" if m == "hf_bert" else m, s)
+                if lr is None:
+                    continue
+                seeds = range(args.seeds) if m == "hf_bert" else range(1, args.seeds)
+                stage2 += [make_run(m, s, lr, seed, args, data_sets) for seed in seeds]
+        return stage2
 
-    # Stage 1: the learning-rate grid at seed 0 (our BERT and GroupBERT)
-    runs += [make_run(m, s, lr, 0, args, data_sets) for s in sizes for m in models if m != "hf_bert"
-             for lr in args.lr_grid[s]]
-    grid.keep_previous(runs, previous)
-    if not args.report_only:
-        grid.run_grid(runs, config, out, args.workers, args.threads, "time to quality: lr grid", save)
-    # Stage 2: the other seeds at each model's best rate; Hugging Face's BERT at BERT's best rate, every seed
-    curves = curves_of(runs, out, args)
-    stage2 = []
-    for s in sizes:
-        for m in models:
-            lr = best_lr(runs, curves, "bert" if m == "hf_bert" else m, s)
-            if lr is None:
-                continue
-            seeds = range(args.seeds) if m == "hf_bert" else range(1, args.seeds)
-            stage2 += [make_run(m, s, lr, seed, args, data_sets) for seed in seeds]
-    grid.keep_previous(stage2, previous)
-    runs += stage2
-    if not args.report_only:
-        grid.run_grid(stage2, config, out, args.workers, args.threads, "time to quality: seeds", save)
-    save()
+    runs = grid.run_stages(out, config, args, info, stage1, stage2_of, "time to quality")
     curves = curves_of(runs, out, args)
     analysis = analyse(runs, curves, args)
     grid.write_json(out / "results.json", {"args": vars(args), "machine": info, "runs": [vars(r) for r in runs],
@@ -374,11 +357,7 @@ def main(argv=None) -> int:
     provenance = grid.provenance(MODULE, argv, runs, args.workers, info)
     print(write_report(out, runs, curves, analysis, args, totals, provenance))
     write_plots(out, runs, curves, analysis)
-    failed = [r for r in runs if r.status == "failed"]
-    for r in failed:
-        print(f"FAILED {r.name}: {r.error}", file=sys.stderr)
-    print(f"wrote {out}/results.md, results.csv, results.json, loss_vs_flops.png, loss_vs_time.png")
-    return 1 if failed else 0
+    return grid.finish(out, runs, "results.md, results.csv, results.json, loss_vs_flops.png, loss_vs_time.png")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from groupbert.experiments.grid import REPO, RUN_CWD, read_metrics
+from groupbert.experiments.grid import REPO, RUN_CWD, finish, read_metrics, save_figure
 from groupbert.experiments.grid import config_path as _find_config
 from groupbert.training.run_log import read_end
 
@@ -274,9 +274,7 @@ def write_plots(out: Path, cells: list[Cell], args) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"Tiny GPT-2, {args.steps} steps: final loss vs learning rate (red x: diverged)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_lr.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "loss_vs_lr.png")
 
     # Update sizes over the first steps without warmup, at each optimizer's base lr (multiplier 1 when present).
     metrics = ("update_norm", "update_angle_mean", "update_rrc_mean")
@@ -301,9 +299,7 @@ def write_plots(out: Path, cells: list[Cell], args) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Update sizes without warmup (warmup {w0:.0%}), base learning rates", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "update_sizes.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "update_sizes.png")
 
 
 def main(argv=None) -> int:
@@ -336,11 +332,7 @@ def main(argv=None) -> int:
     _save_results(out, cells, args)
     print(write_table(out, cells, args))
     write_plots(out, cells, args)
-    failed = [c for c in cells if c.status == "failed"]
-    for c in failed:
-        print(f"FAILED {c.name}: {c.error}", file=sys.stderr)
-    print(f"wrote {out}/results.md, results.csv, results.json, loss_vs_lr.png, update_sizes.png")
-    return 1 if failed else 0
+    return finish(out, cells, "results.md, results.csv, results.json, loss_vs_lr.png, update_sizes.png")
 
 
 if __name__ == "__main__":
